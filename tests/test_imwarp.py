@@ -1,0 +1,278 @@
+"""SyN: DIPY-equivalent maps, known-answer registration, inverse consistency, bad input."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from synflow.align.imwarp import (
+    DiffeomorphicMap,
+    RegistrationStages,
+    SymmetricDiffeomorphicRegistration,
+)
+from synflow.align.metrics import CCMetric, SSDMetric
+from synflow.data.phantom import jacobian_determinant, make_registration_case
+
+dipy_imwarp = pytest.importorskip("dipy.align.imwarp")
+
+
+def oblique(spacing, angle_deg, origin):
+    a = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    m = np.eye(4)
+    m[:3, :3] = rot @ np.diag(spacing)
+    m[:3, 3] = origin
+    return m
+
+
+@pytest.fixture(scope="module")
+def case():
+    """A 3 mm whole-head b0-like pair with a known diffeomorphism (~2.5 mm) and affine."""
+    return make_registration_case(voxel_size=3.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def registered(case):
+    sdr = SymmetricDiffeomorphicRegistration(CCMetric(3), level_iters=[10, 10, 5])
+    mapping = sdr.optimize(case.static, case.moving, case.static_affine, case.moving_affine,
+                           case.prealign)
+    return sdr, mapping
+
+
+def random_map_pair(rng, dtype=np.float32):
+    """The same random fields in a synflow and a DIPY DiffeomorphicMap (different grids)."""
+    disp_shape = (14, 15, 16)
+    dom_shape, cod_shape = (12, 13, 11), (14, 15, 16)
+    dom = oblique((2.0, 2.5, 3.0), 10, (-5, 3, 2))
+    cod = oblique((2.0, 2.0, 2.0), -5, (1, -2, 0))
+    pre = np.eye(4)
+    pre[:3, :3] += 0.03 * rng.standard_normal((3, 3))
+    pre[:3, 3] = rng.standard_normal(3)
+    fwd = (rng.standard_normal(disp_shape + (3,)) * 2).astype(dtype)
+    bwd = (rng.standard_normal(disp_shape + (3,)) * 2).astype(dtype)
+    maps = []
+    for cls in (DiffeomorphicMap, dipy_imwarp.DiffeomorphicMap):
+        m = cls(3, disp_shape, disp_grid2world=cod, domain_shape=dom_shape,
+                domain_grid2world=dom, codomain_shape=cod_shape, codomain_grid2world=cod,
+                prealign=pre)
+        m.forward, m.backward = fwd, bwd
+        maps.append(m)
+    return maps, dom_shape, cod_shape
+
+
+@pytest.mark.parametrize("is_inverse", [False, True])
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+def test_diffeomorphic_map_warps_like_dipy(is_inverse, interpolation):
+    rng = np.random.default_rng(0)
+    (ours, theirs), dom_shape, cod_shape = random_map_pair(rng)
+    ours.is_inverse = theirs.is_inverse = is_inverse
+    dom_img = rng.random(dom_shape) * 100
+    cod_img = rng.random(cod_shape) * 100
+    fwd_in, inv_in = (dom_img, cod_img) if is_inverse else (cod_img, dom_img)
+    # DIPY's nearest-neighbour warp only takes float32/float64/int32/int64 images; synflow
+    # takes any numeric dtype and keeps it (checked below for the others).
+    for dtype in (np.float64, np.float32, np.int32, np.int64):
+        a = ours.transform(fwd_in.astype(dtype), interpolation=interpolation)
+        b = theirs.transform(fwd_in.astype(dtype), interpolation=interpolation)
+        assert a.shape == b.shape
+        if interpolation == "nearest":
+            assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-5)
+        a = ours.transform_inverse(inv_in.astype(dtype), interpolation=interpolation)
+        b = theirs.transform_inverse(inv_in.astype(dtype), interpolation=interpolation)
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-5)
+    for dtype in (np.uint8, np.int16, np.bool_):
+        img = (fwd_in > 50).astype(dtype)
+        a = ours.transform(img, interpolation="nearest")
+        b = theirs.transform(img.astype(np.int32), interpolation="nearest")
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a.astype(np.int32), b)
+
+
+def test_zero_field_integer_translation_is_exact():
+    rng = np.random.default_rng(1)
+    img = rng.random((10, 11, 12)).astype(np.float32)
+    shift = np.eye(4)
+    shift[:3, 3] = [2, -1, 3]  # static world -> moving world
+    m = DiffeomorphicMap(3, img.shape, np.eye(4), img.shape, np.eye(4), img.shape, np.eye(4),
+                         np.linalg.inv(shift))
+    m.allocate()
+    m.is_inverse = True
+    out = m.transform(img)  # out[x] = img[x + shift]
+    np.testing.assert_array_equal(out[:8, 1:, :9], img[2:, :10, 3:])
+
+
+def test_scaled_affine_grids_are_exact():
+    """A moving grid with half the spacing: every static voxel lands on a moving voxel."""
+    rng = np.random.default_rng(2)
+    moving = rng.random((20, 22, 24)).astype(np.float32)
+    static_aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    moving_aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    m = DiffeomorphicMap(3, (10, 11, 12), static_aff, moving.shape, moving_aff, (10, 11, 12),
+                         static_aff, None)
+    m.allocate()
+    m.is_inverse = True
+    np.testing.assert_array_equal(m.transform(moving), moving[::2, ::2, ::2])
+
+
+def test_inverse_flips_direction_and_shares_arrays():
+    rng = np.random.default_rng(3)
+    (ours, _), dom_shape, _ = random_map_pair(rng)
+    inv = ours.inverse()
+    assert inv.forward is ours.forward and inv.is_inverse is not ours.is_inverse
+    img = rng.random(dom_shape)
+    np.testing.assert_array_equal(inv.transform_inverse(img), ours.transform(img))
+    np.testing.assert_array_equal(inv.inverse().transform(img), ours.transform(img))
+
+
+def test_identity_registration_leaves_near_zero_field(case):
+    sdr = SymmetricDiffeomorphicRegistration(CCMetric(3), level_iters=[10, 10, 5])
+    m = sdr.optimize(case.static, case.static, case.static_affine, case.static_affine)
+    field = m.get_forward_field()
+    assert np.abs(field).max() < 0.05  # mm
+
+
+def test_recovers_known_deformation_like_dipy(case, registered):
+    _, mapping = registered
+    err = case.endpoint_error_of_mapping(mapping, case.prealign)
+    before = case.endpoint_error(case.static_world_points @ case.prealign[:3, :3].T
+                                 + case.prealign[:3, 3])
+    assert before["mean"] > 2.0  # the affine alone leaves the ~2.5 mm deformation
+    assert err["mean"] < 0.55 * before["mean"]
+    dipy_metrics = pytest.importorskip("dipy.align.metrics")
+    dmap = dipy_imwarp.SymmetricDiffeomorphicRegistration(
+        dipy_metrics.CCMetric(3), level_iters=[10, 10, 5]).optimize(
+        case.static, case.moving, static_grid2world=case.static_affine,
+        moving_grid2world=case.moving_affine, prealign=case.prealign)
+    dipy_err = case.endpoint_error_of_mapping(dmap, case.prealign)
+    assert err["mean"] <= dipy_err["mean"] + 0.05
+    # same model, same step: the two warps are close
+    ours = mapping.transform(case.moving)
+    theirs = dmap.transform(case.moving)
+    brain = case.brain_mask
+    assert np.abs(ours - theirs)[brain].mean() < 0.05 * np.abs(theirs)[brain].mean()
+
+
+def test_no_folding_and_inverse_consistency(case, registered):
+    _, mapping = registered
+    jac = jacobian_determinant(mapping.get_forward_field(), case.static_affine)
+    assert jac[case.brain_mask].min() > 0
+    residual, stats = mapping.compute_inversion_error()
+    res = np.sqrt((residual ** 2).sum(-1))[case.brain_mask]
+    assert res.mean() < 0.05  # mm
+    assert stats.shape == (3,)
+
+
+def test_warp_roundtrip_forward_then_inverse(case, registered):
+    _, mapping = registered
+    there = mapping.transform(case.moving_labels.astype(np.uint8), interpolation="nearest")
+    assert there.dtype == np.uint8 and there.shape == case.static.shape
+    dice = [2 * np.sum((there == k) & (case.static_labels == k))
+            / (np.sum(there == k) + np.sum(case.static_labels == k)) for k in (2, 3)]
+    assert min(dice) > 0.7
+    back = mapping.transform_inverse(mapping.transform(case.moving))
+    brain = mapping.transform_inverse(case.brain_mask.astype(np.float32)) > 0.99
+    rel = np.abs(back - case.moving)[brain].mean() / case.moving[brain].mean()
+    assert rel < 0.15
+
+
+def test_callback_stages_fire(case):
+    seen = []
+    sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=2), level_iters=[2, 1],
+                                             callback=lambda reg, stage: seen.append(stage))
+    sdr.optimize(case.static, case.moving, case.static_affine, case.moving_affine, case.prealign)
+    for stage in (RegistrationStages.OPT_START, RegistrationStages.SCALE_START,
+                  RegistrationStages.ITER_START, RegistrationStages.ITER_END,
+                  RegistrationStages.SCALE_END, RegistrationStages.OPT_END):
+        assert stage in seen
+    assert seen.count(RegistrationStages.ITER_END) == 3
+    assert len(sdr.full_energy_profile) == 3
+
+
+def test_ssd_demons_reduces_difference():
+    # DIPY's SSD test idea: a sphere registered to a shifted, squashed sphere.
+    grid = np.mgrid[:40, :40, :40].astype(np.float32)
+    def ball(c, r):
+        return (np.sqrt(((grid - np.reshape(c, (3, 1, 1, 1))) ** 2).sum(0)) < r).astype(np.float32)
+    static = ndi.gaussian_filter(ball((20, 20, 20), 10), 1)
+    moving = ndi.gaussian_filter(ball((21, 19, 20), 9), 1)
+    m = SymmetricDiffeomorphicRegistration(SSDMetric(3, smooth=2), level_iters=[20, 20, 10]
+                                           ).optimize(static, moving)
+    before = ((static - moving) ** 2).sum()
+    after = ((static - m.transform(moving)) ** 2).sum()
+    assert after < 0.2 * before
+
+
+def test_anisotropic_voxels_register(case):
+    # static resampled to 3 x 3 x 6 mm: the pyramid's upper levels are isotropic (DIPY's rule)
+    aff = case.static_affine @ np.diag([1, 1, 2, 1.0])
+    static = case.static[:, :, ::2]
+    moving_aff = case.moving_affine
+    sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=2), level_iters=[10, 5])
+    m = sdr.optimize(static, case.moving, aff, moving_aff, case.prealign)
+    warped = m.transform(case.moving)
+    assert warped.shape == static.shape
+    aff_only = DiffeomorphicMap(3, static.shape, aff, case.moving.shape, moving_aff,
+                                static.shape, aff, np.linalg.inv(case.prealign))
+    aff_only.allocate()
+    aff_only.is_inverse = True
+    before = np.corrcoef(aff_only.transform(case.moving).ravel(), static.ravel())[0, 1]
+    after = np.corrcoef(warped.ravel(), static.ravel())[0, 1]
+    assert after > before
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.fixture
+def tiny():
+    rng = np.random.default_rng(4)
+    return ndi.gaussian_filter(rng.random((40, 40, 40)), 2).astype(np.float32)
+
+
+def sdr(levels=(1, 1)):
+    return SymmetricDiffeomorphicRegistration(CCMetric(3), level_iters=list(levels))
+
+
+def test_bad_level_iters():
+    with pytest.raises(ValueError, match="level_iters"):
+        SymmetricDiffeomorphicRegistration(CCMetric(3), level_iters=[])
+    with pytest.raises(ValueError, match="metric"):
+        SymmetricDiffeomorphicRegistration(None)
+
+
+def test_mismatched_dimensionality(tiny):
+    with pytest.raises(ValueError, match="moving must be a 3-D"):
+        sdr().optimize(tiny, tiny[0])
+
+
+def test_non_finite_values(tiny):
+    bad = tiny.copy()
+    bad[3, 4, 5] = np.nan
+    with pytest.raises(ValueError, match="static has 1 non-finite"):
+        sdr().optimize(bad, tiny)
+
+
+def test_constant_image(tiny):
+    with pytest.raises(ValueError, match="moving is constant"):
+        sdr().optimize(tiny, np.ones_like(tiny))
+
+
+@pytest.mark.parametrize("matrix, msg", [
+    (np.zeros((4, 4)), "last row"),
+    (np.diag([1, 1, 0, 1.0]), "singular"),
+    (np.full((4, 4), np.nan), "non-finite"),
+    (np.eye(3), "shape"),
+])
+def test_bad_affines(tiny, matrix, msg):
+    with pytest.raises(ValueError, match=msg):
+        sdr().optimize(tiny, tiny, static_grid2world=matrix)
+    with pytest.raises(ValueError, match=f"prealign.*{msg}|{msg}"):
+        sdr().optimize(tiny, tiny, prealign=matrix)
+
+
+def test_volume_too_small_for_cc_window(tiny):
+    with pytest.raises(ValueError, match="smaller than the correlation window"):
+        sdr(levels=(1, 1, 1, 1)).optimize(tiny, tiny)
+
+
+def test_get_map_before_optimize():
+    with pytest.raises(ValueError, match="before optimize"):
+        sdr().get_map()

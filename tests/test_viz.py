@@ -1,0 +1,238 @@
+"""synflow.viz: DIPY-compatible regtools, reportlets and the HTML report (static checks)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # DIPY's regtools draws with pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from synflow.viz import regtools, reportlets  # noqa: E402
+from synflow.viz.report import write_participant_report  # noqa: E402
+
+
+def _volume(shape=(18, 22, 15), seed=0, background=5.0):
+    rng = np.random.default_rng(seed)
+    v = ndimage.gaussian_filter(rng.normal(size=shape), 1.0) * 100 + 300
+    x, y, z = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    c = (np.array(shape) - 1) / 2
+    inside = (((x - c[0]) / (shape[0] / 2.5)) ** 2 + ((y - c[1]) / (shape[1] / 2.5)) ** 2
+              + ((z - c[2]) / (shape[2] / 2.5)) ** 2) < 1
+    return np.where(inside, v, background).astype(np.float32), inside
+
+
+def _images(fig):
+    return [ax.images[0].get_array() for ax in fig.axes]
+
+
+# --------------------------------------------------------------------------- regtools vs DIPY
+@pytest.fixture(scope="module")
+def dipy_regtools():
+    pytest.importorskip("dipy")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*FURY.*")
+        from dipy.viz import regtools as dr
+    return dr
+
+
+@pytest.mark.needs_dipy
+@pytest.mark.parametrize("slice_type", [0, 1, 2])
+@pytest.mark.parametrize("slice_index", [None, 4])
+def test_overlay_slices_matches_dipy(dipy_regtools, tmp_path, slice_type, slice_index):
+    L, _ = _volume(seed=1)
+    R, _ = _volume(seed=2, background=-3.0)
+    R = np.roll(R, 2, axis=1)
+    before = plt.get_fignums()
+    fname = tmp_path / "ours.png"
+    ours = regtools.overlay_slices(L, R, slice_index, slice_type, "fixed", "moving", fname)
+    assert plt.get_fignums() == before  # our figure is not registered with pyplot
+    ref = dipy_regtools.overlay_slices(L, R, slice_index=slice_index, slice_type=slice_type,
+                                       ltitle="fixed", rtitle="moving")
+    try:
+        got, exp = _images(ours), _images(ref)
+        assert len(got) == 3
+        for g, e in zip(got, exp, strict=True):
+            assert g.dtype == e.dtype == np.uint8
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+        assert got[1].shape[-1] == 3 and got[1][..., 2].max() == 0
+        assert [a.get_title() for a in ours.axes] == [a.get_title() for a in ref.axes]
+        assert [a.images[0].origin for a in ours.axes] == ["lower"] * 3
+    finally:
+        plt.close(ref)
+    assert fname.is_file() and fname.stat().st_size > 1000
+    assert fname.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.needs_dipy
+def test_overlay_images_and_plot_slices_match_dipy(dipy_regtools, tmp_path):
+    a, _ = _volume(seed=3)
+    b, _ = _volume(seed=4)
+    ours = regtools.overlay_images(a[:, :, 7], b[:, :, 7], "A", "mid", "B",
+                                   fname=tmp_path / "oi.png")
+    ref = dipy_regtools.overlay_images(a[:, :, 7], b[:, :, 7], title0="A", title_mid="mid",
+                                       title1="B")
+    try:
+        for g, e in zip(_images(ours), _images(ref), strict=True):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+    finally:
+        plt.close(ref)
+    ours = regtools.plot_slices(a, [3, 5, 7], fname=tmp_path / "ps.svg")
+    ref = dipy_regtools.plot_slices(a, slice_indices=[3, 5, 7])
+    try:
+        for g, e in zip(_images(ours), _images(ref), strict=True):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+    finally:
+        plt.close(ref)
+    assert (tmp_path / "oi.png").is_file() and (tmp_path / "ps.svg").is_file()
+
+
+def test_overlay_slices_red_green_rule_and_errors(tmp_path):
+    L = np.zeros((4, 5, 6))
+    L[1, 2, 3] = 10.0
+    R = np.full((4, 5, 6), 2.0)
+    R[2, 2, 1] = 4.0
+    fig = regtools.overlay_slices(L, R, slice_index=2, slice_type=1)
+    rgb = np.asarray(fig.axes[1].images[0].get_array())
+    assert rgb.shape == (6, 4, 3)  # coronal slice L[:, 2, :].T
+    assert rgb[3, 1, 0] == 255 and rgb[..., 0].sum() == 255
+    assert rgb[1, 2, 1] == 255 and rgb[..., 1].sum() == 255  # background (R[0,0]) suppressed
+    with pytest.raises(ValueError, match="slice_type"):
+        regtools.overlay_slices(L, R, slice_type=3)
+    with pytest.raises(ValueError, match="same shape"):
+        regtools.overlay_slices(L, R[:-1])
+    flat = regtools.overlay_slices(np.ones((3, 3, 3)), np.ones((3, 3, 3)))
+    assert np.asarray(flat.axes[0].images[0].get_array()).max() == 0  # no NaN cast
+
+
+# --------------------------------------------------------------------------- reportlets
+def _ids_unique(svg_text: str) -> bool:
+    ids = re.findall(r'\sid="([^"]+)"', svg_text)
+    return len(ids) == len(set(ids))
+
+
+def test_cuts_from_bbox_stay_inside_mask_bbox():
+    mask = np.zeros((30, 40, 20), bool)
+    mask[5:20, 10:30, 2:18] = True
+    cuts = reportlets.cuts_from_bbox(mask, mask.shape, 5)
+    for ax, (lo, hi) in enumerate([(5, 19), (10, 29), (2, 17)]):
+        assert len(cuts[ax]) == 5
+        assert all(lo < c < hi for c in cuts[ax])
+    whole = reportlets.cuts_from_bbox(None, (30, 40, 20), 1)
+    assert whole == {0: [14], 1: [20], 2: [10]}
+
+
+def test_reportlets_write_files(tmp_path):
+    fixed, mask = _volume((24, 28, 20), seed=5)
+    moving = np.roll(fixed, 2, axis=0)
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    aff[0] *= -1  # LAS: must be flipped for display
+    before = plt.get_fignums()
+    out = reportlets.plot_mask_contour(fixed, mask, tmp_path / "m.svg", grid2world=aff)
+    assert out == tmp_path / "m.svg"
+    ET.parse(out)  # well-formed XML
+    out = reportlets.plot_overlay(fixed, moving, tmp_path / "o.png", mask=mask, n_cuts=3)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+    fl = reportlets.plot_registration(fixed, moving, tmp_path / "f.svg", mask=mask,
+                                      contour=mask, grid2world=aff)
+    text = fl.read_text()
+    root = ET.fromstring(text)
+    groups = [g.get("class") for g in root.iter("{http://www.w3.org/2000/svg}g")
+              if g.get("class")]
+    assert groups == ["background-svg", "foreground-svg"]
+    assert "@keyframes" in text and _ids_unique(text)
+    assert text.count("<image") >= 2 * 3 * 6  # 2 layers x 3 rows x 6 slices
+    ba = reportlets.plot_before_after(fixed, moving, fixed, tmp_path / "ba.svg",
+                                      labels=("raw", "corrected"))
+    assert "raw" in ba.read_text() and "corrected" in ba.read_text()
+    with pytest.raises(ValueError, match=".svg"):
+        reportlets.plot_registration(fixed, moving, tmp_path / "f.png")
+    with pytest.raises(ValueError, match="shape"):
+        reportlets.plot_registration(fixed, moving[:-1], tmp_path / "x.svg")
+
+    disp = np.zeros(fixed.shape + (3,), np.float32)
+    disp[..., 0] = 2.0 * np.sin(np.arange(fixed.shape[1]) / 4.0)[None, :, None]
+    g = reportlets.plot_deformation_grid(disp, aff, tmp_path / "g.svg", mask=mask,
+                                         background=fixed)
+    assert "max |u| = 2.0 mm" in g.read_text()
+    jac = np.ones(fixed.shape, np.float32)
+    jac[12, 14, 10] = -0.5
+    j = reportlets.plot_jacobian(jac, tmp_path / "j.svg", fixed, mask=mask, grid2world=aff)
+    assert "1 folded voxels" in j.read_text()
+    with pytest.raises(ValueError, match="vmin"):
+        reportlets.plot_jacobian(jac, tmp_path / "j2.svg", vmin=1.2)
+    assert plt.get_fignums() == before  # nothing left open in pyplot
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_prefix_svg_ids_rewrites_references():
+    svg = ('<?xml version="1.0"?><svg><defs><clipPath id="p1"><rect/></clipPath></defs>'
+           '<g clip-path="url(#p1)"><use xlink:href="#p1"/></g><rect fill="#p1ab"/></svg>')
+    out = reportlets.prefix_svg_ids(svg, "x-")
+    assert out.startswith("<svg")
+    assert 'id="x-p1"' in out and "url(#x-p1)" in out and 'href="#x-p1"' in out
+    assert 'fill="#p1ab"' in out  # not an id: untouched
+
+
+# --------------------------------------------------------------------------- report (static)
+def test_report_structure_escaping_and_atomic_write(tmp_path):
+    fixed, mask = _volume((20, 24, 16), seed=6)
+    moving = np.roll(fixed, 1, axis=1)
+    mfig = reportlets.plot_mask_contour(fixed, mask, tmp_path / "mask.svg")
+    png = reportlets.plot_overlay(fixed, moving, tmp_path / "ov.png", mask=mask)
+    reportlets.plot_mask_contour(fixed, mask, tmp_path / "bg.png")
+    reportlets.plot_mask_contour(moving, mask, tmp_path / "fg.png")
+    series = [
+        {"name": "sub-02_dwi", "status": "ok", "error": None,
+         "figures": [
+             {"title": "overlay", "kind": "overlay", "path": png, "caption": "r/g"},
+             {"title": "mask", "kind": "mask", "path": mfig, "caption": None},
+             {"title": "layers", "kind": "flicker", "before": tmp_path / "bg.png",
+              "after": tmp_path / "fg.png"},
+             {"title": "gone", "kind": "grid", "path": tmp_path / "missing.svg"},
+         ],
+         "qc": {"cc_before": 0.5, "cc_syn": np.float32(0.91), "folding_percent": 0.2,
+                "custom": [1, 2]},
+         "parameters": {"radius": 4, "level_iters": [10, 5]},
+         "timings": {"affine": 1.25, "syn": 2.5}},
+        {"name": "sub-02_run-2_dwi", "status": "failed",
+         "error": "Traceback (most recent call last):\n  boom <script>alert(1)</script>\n"
+                  "RuntimeError: x < y & z", "figures": [], "qc": {}, "parameters": {},
+         "timings": {}},
+    ]
+    out = write_participant_report(tmp_path / "out" / "sub-02.html", "sub-02", series,
+                                   software={"synflow": "0.1.0"}, run_info={"threads": 2})
+    text = out.read_text()
+    assert out.parent.is_dir() and not list(out.parent.glob(".*.tmp"))
+    assert "participant sub-02" in text and "1 of 2 series processed successfully" in text
+    assert text.index("kind-mask") < text.index("kind-overlay")  # mask first
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>alert" not in text
+    assert "RuntimeError: x &lt; y &amp; z" in text
+    assert "figure not available" in text
+    assert 'class="flicker-stage layered"' in text and "flicker-fg" in text
+    assert "local CC, after SyN" in text and "0.91" in text
+    assert 'class="num warn"' in text  # folding > 0 flagged
+    assert "3.75" in text  # total time
+    assert text.count("data:image/png;base64,") == 3 and "data:image/svg+xml;base64," in text
+    with pytest.raises(ValueError, match="status"):
+        write_participant_report(tmp_path / "x.html", "02", [{"name": "a", "status": "done"}])
+    with pytest.raises(ValueError, match="subject"):
+        write_participant_report(tmp_path / "x.html", "", [])
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_report_overwrites_atomically(tmp_path):
+    out = tmp_path / "sub-03.html"
+    out.write_text("old")
+    write_participant_report(out, "03", [])
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["sub-03.html"]
