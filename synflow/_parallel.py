@@ -13,6 +13,7 @@ thread count.  Reductions must combine per-slab partial results in slab order.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -24,6 +25,9 @@ T = TypeVar("T")
 THREADS_ENV = "SYNFLOW_NUM_THREADS"
 
 _override: int | None = None
+# Set inside pool workers: a kernel called from a task runs serially instead of
+# submitting to the (already busy) pool, which could otherwise deadlock.
+_in_worker = threading.local()
 
 
 def available_cpus() -> int:
@@ -60,9 +64,20 @@ def set_num_threads(n: int | None) -> None:
     _override = n
 
 
+def _mark_worker() -> None:
+    _in_worker.active = True
+
+
 @lru_cache(maxsize=8)
 def _pool(n: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="synflow")
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="synflow",
+                              initializer=_mark_worker)
+
+
+def _effective_threads(threads: int | None) -> int:
+    if getattr(_in_worker, "active", False):
+        return 1
+    return get_num_threads() if threads is None else threads
 
 
 def slab_bounds(n: int, min_slab: int = 1, max_slabs: int = 8) -> list[tuple[int, int]]:
@@ -80,7 +95,7 @@ def run_slabs(func: Callable[[int, int], T], n: int, min_slab: int = 1,
               max_slabs: int = 8, threads: int | None = None) -> list[T]:
     """Run ``func(start, stop)`` on the slabs of ``range(n)``; results in slab order."""
     bounds = slab_bounds(n, min_slab=min_slab, max_slabs=max_slabs)
-    nthreads = get_num_threads() if threads is None else threads
+    nthreads = _effective_threads(threads)
     if nthreads <= 1 or len(bounds) <= 1:
         return [func(a, b) for a, b in bounds]
     return list(_pool(min(nthreads, len(bounds))).map(lambda ab: func(*ab), bounds))
@@ -88,7 +103,7 @@ def run_slabs(func: Callable[[int, int], T], n: int, min_slab: int = 1,
 
 def run_tasks(funcs: Sequence[Callable[[], T]], threads: int | None = None) -> list[T]:
     """Run independent zero-argument callables, possibly concurrently; results in order."""
-    nthreads = get_num_threads() if threads is None else threads
+    nthreads = _effective_threads(threads)
     if nthreads <= 1 or len(funcs) <= 1:
         return [f() for f in funcs]
     return list(_pool(min(nthreads, len(funcs))).map(lambda f: f(), funcs))

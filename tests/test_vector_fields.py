@@ -83,7 +83,8 @@ def test_compose_small_matches_compose_for_small_steps():
 
 def test_invert_affine_field_analytically():
     shape = (32, 33, 34)
-    a, c = np.array([[0.05, 0.01, 0], [0, -0.04, 0.02], [0.01, 0, 0.03]]), np.array([1.5, -0.7, 0.9])
+    a = np.array([[0.05, 0.01, 0], [0, -0.04, 0.02], [0.01, 0, 0.03]])
+    c = np.array([1.5, -0.7, 0.9])
     d = linear_field(shape, a, c)
     p = vf.invert(d, max_iter=30, tol=1e-5)
     # (I + A)(x + p) + c = x  =>  p(x) = (I + A)^-1 (x - c) - x
@@ -134,3 +135,12 @@ def test_results_do_not_depend_on_thread_count():
 def test_set_num_threads_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="threads"):
         set_num_threads(bad)
+
+
+def test_padded_sampling_equals_zero_padded_sampling():
+    rng = np.random.default_rng(6)
+    img = rng.random((9, 10, 11)).astype(np.float32)
+    coords = (rng.random((3, 15, 8, 6)) * 16 - 3).astype(np.float32)
+    expected = vf.sample_image(img, coords)
+    got = vf.sample_padded(vf.pad_image(img), coords + vf.PAD)
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -27,9 +27,11 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 
+from synflow._parallel import run_tasks
 from synflow.align import vector_fields as vf
 from synflow.align.metrics import zero_border
 from synflow.align.scalespace import ScaleSpace
@@ -444,6 +446,10 @@ class SymmetricDiffeomorphicRegistration:
         if self.callback is not None:
             self.callback(self, stage)
 
+    def _update(self, pull, factors, image, ginv, forward: bool) -> np.ndarray:
+        step = self.metric.step(factors, image, ginv, forward)
+        return _apply_step(pull, step, self.step_length, self.field_variance)
+
     def _energy_derivative(self) -> float:
         """DIPY's convergence rule: derivative at the centre of a quadratic fit."""
         y = np.asarray(self.energy_list[-self.energy_window:], dtype=np.float64)
@@ -482,7 +488,6 @@ class SymmetricDiffeomorphicRegistration:
 
         W_s = np.linalg.inv(S2W)
         W_m = np.linalg.inv(M2W)
-        t = self.step_length
         s_b = m_b = None  # pull fields of the two half-maps, voxel units of the level grid
         prev_A = None
         self.full_energy_profile = []
@@ -500,10 +505,14 @@ class SymmetricDiffeomorphicRegistration:
             prev_A = A
             lin = _linear(A)
             ginv = np.linalg.inv(lin.T @ lin)
-            static_img = ss_static.get_image(level)
-            moving_img = ss_moving.get_image(level)
-            to_static = W_s @ A
-            to_moving = W_m @ P @ A
+            # Level images are fixed for the level: zero-pad them once so every sampling
+            # can use the faster edge-clamped mode (see vector_fields.sample_padded).
+            static_img = vf.pad_image(ss_static.get_image(level))
+            moving_img = vf.pad_image(ss_moving.get_image(level))
+            shift = np.eye(dim + 1)
+            shift[:dim, dim] = vf.PAD
+            to_static = shift @ W_s @ A
+            to_moving = shift @ W_m @ P @ A
             self._notify(RegistrationStages.SCALE_START)
             self.energy_list = []
             self.niter = 0
@@ -511,13 +520,18 @@ class SymmetricDiffeomorphicRegistration:
             n_iter = self.level_iters[self.levels - 1 - level]
             while self.niter < n_iter and derivative > self.opt_tol:
                 self._notify(RegistrationStages.ITER_START)
-                warped_static = vf.sample_image(static_img, vf.affine_points(to_static, shape, s_b))
-                warped_moving = vf.sample_image(moving_img, vf.affine_points(to_moving, shape, m_b))
-                fw, bw, energy = self.metric.compute_steps(warped_static, warped_moving, ginv)
-                del warped_static, warped_moving
-                s_b = _apply_step(s_b, fw, t, self.field_variance)
-                m_b = _apply_step(m_b, bw, t, self.field_variance)
-                del fw, bw
+                # The two half-maps are independent within an iteration: run their
+                # (equal-sized) work side by side, one per core.
+                warped_static, warped_moving = run_tasks([
+                    partial(_pull_image, static_img, to_static, shape, s_b),
+                    partial(_pull_image, moving_img, to_moving, shape, m_b),
+                ])
+                factors, energy = self.metric.compute_factors(warped_static, warped_moving)
+                s_b, m_b = run_tasks([
+                    partial(self._update, s_b, factors, warped_static, ginv, True),
+                    partial(self._update, m_b, factors, warped_moving, ginv, False),
+                ])
+                del warped_static, warped_moving, factors
                 if len(self.energy_list) >= self.energy_window:
                     derivative = self._energy_derivative()
                 self.energy_list.append(2.0 * energy)
@@ -529,10 +543,10 @@ class SymmetricDiffeomorphicRegistration:
         # Forward fields, once: (id + f) = (id + b)^-1 on the full-resolution static grid.
         s_f = vf.invert(s_b, self.inv_iter, self.inv_tol)
         m_f = vf.invert(m_b, self.inv_iter, self.inv_tol)
+
         # static -> moving pull: x -> (id + m_b) o (id + s_f), and its inverse.
         backward = vf.compose(s_f, m_b)
         forward = vf.compose(m_f, s_b)
-        del s_f, m_f, s_b, m_b
 
         mapping = DiffeomorphicMap(dim, static.shape, S2W, moving.shape, M2W, static.shape,
                                    S2W, np.linalg.inv(P))
@@ -542,6 +556,12 @@ class SymmetricDiffeomorphicRegistration:
         self.static_to_moving = mapping
         self._notify(RegistrationStages.OPT_END)
         return mapping
+
+
+def _pull_image(padded: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...],
+                pull: np.ndarray) -> np.ndarray:
+    """Image (zero-padded) sampled at ``matrix @ (x + pull(x))`` for the voxels of ``shape``."""
+    return vf.sample_padded(padded, vf.affine_points(matrix, shape, pull))
 
 
 def _apply_step(pull: np.ndarray, step: np.ndarray, t: float, variance: float) -> np.ndarray:

@@ -75,7 +75,8 @@ class CCMetric:
         if dim not in (2, 3):
             raise ValueError(f"CCMetric: dim must be 2 or 3, got {dim!r}")
         if not np.isfinite(sigma_diff) or sigma_diff < 0:
-            raise ValueError(f"CCMetric: sigma_diff must be a finite value >= 0, got {sigma_diff!r}")
+            raise ValueError(
+                f"CCMetric: sigma_diff must be a finite value >= 0, got {sigma_diff!r}")
         if int(radius) != radius or radius < 1:
             raise ValueError(f"CCMetric: radius must be a positive integer, got {radius!r}")
         self.dim = dim
@@ -95,13 +96,12 @@ class CCMetric:
                 f"correlation window ({side} voxels for radius={self.radius}); use fewer "
                 "pyramid levels (shorter level_iters), a smaller radius, or a larger image")
 
-    def compute_steps(self, static: np.ndarray, moving: np.ndarray, ginv: np.ndarray,
-                      backward: bool = True):
-        """Forward and backward CC steps for images on the same grid.
+    def compute_factors(self, static: np.ndarray, moving: np.ndarray):
+        """Window statistics of two images on the same grid, and the energy.
 
-        Returns ``(forward_step, backward_step, energy)``: the steps are smoothed,
-        component-first fields in voxels (``backward_step`` is None when not requested);
-        ``energy`` is ``-sum(rho)`` over interior voxels, as DIPY's ``get_energy``.
+        Returns ``(factors, energy)``: ``factors`` holds the per-voxel coefficients of the
+        forward and backward steps (zero outside the interior ``r <= idx < n - r`` and
+        where a window is flat), ``energy = -sum(rho)`` as DIPY's ``get_energy``.
         """
         self.check_shape(static.shape)
         r = self.radius
@@ -111,21 +111,16 @@ class CCMetric:
         J = np.asarray(moving, dtype=np.float32)
 
         def box(a):
+            # float64 output: the local variances below are differences of close numbers
             return lambda: ndi.uniform_filter(a, side, output=np.float64, mode="constant")
 
-        II = I * I
-        JJ = J * J
-        IJ = I * J
-        mI, mJ, mII, mJJ, mIJ = run_tasks([box(I), box(J), box(II), box(JJ), box(IJ)])
-        del II, JJ, IJ
-
+        mI, mJ, mII, mJJ, mIJ = run_tasks([box(I), box(J), box(I * I), box(J * J),
+                                           box(I * J)])
         shape = static.shape
         fw_coef = np.zeros(shape, dtype=np.float32)
-        bw_coef = np.zeros(shape, dtype=np.float32) if backward else None
-        energy_parts: list[float] = []
+        bw_coef = np.zeros(shape, dtype=np.float32)
         interior = tuple(slice(r, s - r) for s in shape)
-        lo = r
-        hi = shape[0] - r
+        lo, hi = r, shape[0] - r
 
         def work(a: int, b: int) -> float:
             a, b = max(a, lo), min(b, hi)
@@ -139,31 +134,39 @@ class CCMetric:
             ai = I[sl] - mi
             bj = J[sl] - mj
             valid = (cII > _VAR_EPS) & (cJJ > _VAR_EPS)
-            denom = np.where(valid, cII * cJJ, 1.0)
-            k = np.where(valid, cIJ / denom, 0.0) * (-2.0 / n)
             safe_ii = np.where(valid, cII, 1.0)
             safe_jj = np.where(valid, cJJ, 1.0)
+            # DIPY: u_f = -2 s_IJ / (s_II s_JJ) (b - s_IJ / s_II a) grad I, with s = n * c
+            k = np.where(valid, cIJ / (safe_ii * safe_jj), 0.0) * (-2.0 / n)
             fw_coef[sl] = k * (bj - (cIJ / safe_ii) * ai)
-            if bw_coef is not None:
-                bw_coef[sl] = k * (ai - (cIJ / safe_jj) * bj)
-            prod = cII * cJJ * (n * n)
-            rho = np.where(prod > 1e-5, cIJ * cIJ / np.where(prod > 1e-5, cII * cJJ, 1.0), 0.0)
+            bw_coef[sl] = k * (ai - (cIJ / safe_jj) * bj)
+            prod = cII * cJJ
+            ok = prod * (n * n) > 1e-5
+            rho = np.where(ok, cIJ * cIJ / np.where(ok, prod, 1.0), 0.0)
             return float(rho[rho < 1].sum())
 
-        energy_parts = run_slabs(work, shape[0], min_slab=4)
-        del mI, mJ, mII, mJJ, mIJ
-        energy = -float(sum(energy_parts))
-
-        fw = _metric_gradient(I, ginv)
-        fw *= fw_coef
-        del fw_coef
-        _gaussian_smooth_components(fw, self.sigma_diff)
-        bw = None
-        if backward:
-            bw = _metric_gradient(J, ginv)
-            bw *= bw_coef
-            _gaussian_smooth_components(bw, self.sigma_diff)
+        energy = -float(sum(run_slabs(work, shape[0], min_slab=4)))
         self.energy = energy
+        return (fw_coef, bw_coef), energy
+
+    def step(self, factors, image: np.ndarray, ginv: np.ndarray, forward: bool) -> np.ndarray:
+        """The smoothed forward (``image`` = warped static) or backward step, voxels."""
+        coef = factors[0] if forward else factors[1]
+        u = _metric_gradient(np.asarray(image, dtype=np.float32), ginv)
+        u *= coef
+        return _gaussian_smooth_components(u, self.sigma_diff)
+
+    def compute_steps(self, static: np.ndarray, moving: np.ndarray, ginv: np.ndarray,
+                      backward: bool = True):
+        """Forward and backward CC steps for images on the same grid.
+
+        Returns ``(forward_step, backward_step, energy)``: the steps are smoothed,
+        component-first fields in voxels (``backward_step`` is None when not requested);
+        ``energy`` is ``-sum(rho)`` over interior voxels, as DIPY's ``get_energy``.
+        """
+        factors, energy = self.compute_factors(static, moving)
+        fw = self.step(factors, static, ginv, forward=True)
+        bw = self.step(factors, moving, ginv, forward=False) if backward else None
         return fw, bw, energy
 
 
@@ -198,28 +201,32 @@ class SSDMetric:
         if min(shape) < 2:
             raise ValueError(f"SSDMetric: the {what} grid {tuple(shape)} is too small")
 
+    def compute_factors(self, static: np.ndarray, moving: np.ndarray):
+        """The difference image ``static - moving`` and the energy ``sum(delta**2)``."""
+        delta = np.asarray(static, dtype=np.float32) - np.asarray(moving, dtype=np.float32)
+        energy = float(np.dot(delta.ravel(), delta.ravel()))
+        self.energy = energy
+        return delta, energy
+
+    def step(self, delta, image: np.ndarray, ginv: np.ndarray, forward: bool) -> np.ndarray:
+        """Demons step (voxels, component first); ``image`` is the one whose gradient drives it."""
+        d = delta if forward else -delta
+        # DIPY: sigma_x^2 = sum(h^2)/dim, in world units; with voxel-unit gradients the
+        # matching quantity is the trace of the inverse metric tensor.
+        sigma_sq_x = float(np.trace(np.linalg.inv(ginv))) / image.ndim
+        image = np.asarray(image, dtype=np.float32)
+        g = _metric_gradient(image, ginv)
+        # |grad_world|^2 = grad_v^T (A^T A)^-1 grad_v
+        nrm2 = sum(gv * gc for gv, gc in zip(np.gradient(image), g, strict=True))
+        den = d * d / np.float32(sigma_sq_x) + nrm2
+        coef = np.where(den < 1e-9, 0.0, d / np.where(den < 1e-9, 1.0, den)).astype(np.float32)
+        g *= coef
+        return _gaussian_smooth_components(g, self.smooth)
+
     def compute_steps(self, static: np.ndarray, moving: np.ndarray, ginv: np.ndarray,
                       backward: bool = True):
         """Demons steps (voxels, component first) and the energy ``sum((I - J)**2)``."""
-        I = np.asarray(static, dtype=np.float32)
-        J = np.asarray(moving, dtype=np.float32)
-        dim = I.ndim
-        # DIPY: sigma_x^2 = sum(h^2)/dim, in world units; with voxel-unit gradients the
-        # matching quantity is the trace of the inverse metric tensor.
-        sigma_sq_x = float(np.trace(np.linalg.inv(ginv))) / dim
-        delta = I - J
-        energy = float(np.dot(delta.ravel(), delta.ravel()))
-
-        def step(grad_image, d):
-            g = _metric_gradient(grad_image, ginv)
-            # |grad_world|^2 = grad_v^T (A^T A)^-1 grad_v
-            nrm2 = sum(gv * gc for gv, gc in zip(np.gradient(grad_image), g, strict=True))
-            den = d * d / np.float32(sigma_sq_x) + nrm2
-            coef = np.where(den < 1e-9, 0.0, d / np.where(den < 1e-9, 1.0, den)).astype(np.float32)
-            g *= coef
-            return _gaussian_smooth_components(g, self.smooth)
-
-        fw = step(I, delta)
-        bw = step(J, -delta) if backward else None
-        self.energy = energy
+        delta, energy = self.compute_factors(static, moving)
+        fw = self.step(delta, static, ginv, forward=True)
+        bw = self.step(delta, moving, ginv, forward=False) if backward else None
         return fw, bw, energy

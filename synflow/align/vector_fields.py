@@ -80,6 +80,36 @@ def sample_image(image: np.ndarray, coords: np.ndarray, order: int = 1,
     return out
 
 
+#: Zero border added by :func:`pad_image` (two voxels: a point in (-1, 0) needs pad[-1]).
+PAD = 2
+
+
+def pad_image(image: np.ndarray) -> np.ndarray:
+    """Zero-pad a float32 image by :data:`PAD` voxels for :func:`sample_padded`."""
+    return np.pad(_as_f32(image), PAD)
+
+
+def sample_padded(padded: np.ndarray, coords: np.ndarray,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Trilinear sample of a :func:`pad_image` result at coordinates of the *padded* grid.
+
+    Identical to ``sample_image(image, coords - PAD)`` (zero padding), but scipy's
+    edge-clamping mode is about a third faster than its constant mode, and the zero
+    border makes clamping equivalent.  Add ``PAD`` to the coordinates through the
+    sampling matrix, where it costs nothing.
+    """
+    out_shape = coords.shape[1:]
+    if out is None:
+        out = np.empty(out_shape, dtype=np.float32)
+
+    def work(a: int, b: int) -> None:
+        ndi.map_coordinates(padded, coords[:, a:b], output=out[a:b], order=1,
+                            mode="nearest", prefilter=False)
+
+    run_slabs(work, out_shape[0], min_slab=_MIN_SLAB)
+    return out
+
+
 def sample_field(field: np.ndarray, coords: np.ndarray,
                  out: np.ndarray | None = None) -> np.ndarray:
     """Trilinear sample of a component-first ``field`` at voxel ``coords``, edge-clamped.
@@ -278,15 +308,19 @@ def invert(d: np.ndarray, max_iter: int = 20, tol: float = 1e-3,
         q = sample_field(d, grid_points(shape, p))
         q += p
         err = float(np.sqrt(np.einsum("i...,i...->...", q, q)).mean())
-        if err <= tol:
-            break
         if prev is not None and err > prev:
             step = np.float32(step * 0.5)
-        prev = err
+        # The residual is never wasted: the update is applied before deciding to stop.
         if step == 1.0:
             p -= q
         else:
             p -= step * q
+        if err <= tol:
+            break
+        # Linear convergence: the residual after this update is about rate * err.
+        if prev is not None and err < prev and (err / prev) * err <= tol:
+            break
+        prev = err
     return p
 
 

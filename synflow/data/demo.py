@@ -199,8 +199,14 @@ def make_demo_dataset(
             ref_tis = series.tissues_on(shape, aff)
             data = np.empty(shape + (len(bvals),), np.float32)
             for k in range(len(bvals)):
-                t_k = ref_tis if k == 0 or bvals[k] > 50 else series.tissues_on(
-                    shape, aff, world_motion=motions[k])
+                if k == 0 or bvals[k] > 50:
+                    t_k = ref_tis
+                else:  # moved head: resample the reference tissue maps at M_k @ y
+                    pts = ph.grid_world_points(shape, aff).astype(np.float32)
+                    mk = motions[k].astype(np.float32)
+                    vox = ph._world_to_vox(pts @ mk[:3, :3].T + mk[:3, 3], aff)
+                    t_k = {n: ph._sample(v, vox, order=1, mode="constant")
+                           for n, v in ref_tis.items()}
                 sig = ph.dwi_signal(t_k, bvals[k:k + 1], bvecs[k:k + 1], fib)[..., 0]
                 data[..., k] = ph.add_rician_noise(sig * bias, wm_signal / snr, rng)
             dwi_dir = root / sub / "dwi"

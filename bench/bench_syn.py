@@ -1,0 +1,208 @@
+"""SyN side by side: synflow vs DIPY 1.12 (and greedy when installed), same inputs, same run.
+
+Each method runs in its own fresh process on the same case (loaded from a temporary
+.npz), so peak memory is measured without the other library's footprint:
+``peak MB = max RSS during the registration - RSS just before it``.
+
+Cases are built by ``synflow.data.phantom.make_registration_case``: a whole-head b0-like
+pair from the MNI152 2009a tissue maps with a known smooth diffeomorphism (mean
+~2.5 mm) and a known affine given as ``prealign``.  Errors are end-point errors of the
+pull map against the truth, over the brain, in mm.
+
+Usage:
+    python bench/bench_syn.py                 # 2 mm case, DIPY [10,10,5] vs synflow
+    python bench/bench_syn.py --grids 2 1     # add the 1 mm grid (slow for DIPY)
+    python bench/bench_syn.py --markdown bench/RESULTS_syn.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
+            extra: dict, queue) -> None:
+    """Run one registration in this (fresh) process and report time, memory, errors."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.disable(logging.WARNING)
+    data = dict(np.load(case_file))
+    from synflow.data.phantom import dice, jacobian_determinant
+
+    static, moving = data["static"], data["moving"]
+    s_aff, m_aff, prealign = data["static_affine"], data["moving_affine"], data["prealign"]
+    if method.startswith("synflow"):
+        from synflow.align.imwarp import SymmetricDiffeomorphicRegistration
+        from synflow.align.metrics import CCMetric
+    elif method.startswith("dipy"):
+        from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
+        from dipy.align.metrics import CCMetric
+    elif method.startswith("greedy"):
+        from picsl_greedy import Greedy3D  # noqa: F401
+    rss0 = _rss_mb()
+    t0 = time.perf_counter()
+    if method.startswith("greedy"):
+        pull = _run_greedy(static, moving, s_aff, m_aff, prealign, level_iters, radius)
+        field = None
+    else:
+        sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=radius),
+                                                 level_iters=level_iters, **extra)
+        mapping = sdr.optimize(static, moving, static_grid2world=s_aff,
+                               moving_grid2world=m_aff, prealign=prealign)
+        elapsed = time.perf_counter() - t0
+        field = np.asarray(mapping.get_forward_field(), dtype=np.float64)
+    if method.startswith("greedy"):
+        elapsed = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 - rss0
+
+    # End-point error of the pull map P(x + b(x)) against the truth, over the brain.
+    ijk = np.indices(static.shape, dtype=np.float64).reshape(3, -1)
+    x = (s_aff[:3, :3] @ ijk + s_aff[:3, 3:4]).T.reshape(static.shape + (3,))
+    true = (x + data["true_displacement"]) @ prealign[:3, :3].T + prealign[:3, 3]
+    if field is not None:
+        pull = (x + field) @ prealign[:3, :3].T + prealign[:3, 3]
+    brain = data["brain_mask"].astype(bool)
+    err = np.linalg.norm(pull - true, axis=-1)[brain]
+    # Labels of the moving image pulled onto the static grid (nearest neighbour).
+    vox = (np.linalg.inv(m_aff) @ np.c_[pull.reshape(-1, 3), np.ones(pull[..., 0].size)].T)[:3]
+    idx = np.rint(vox).astype(int)
+    inside = np.all((idx >= 0) & (idx < np.array(moving.shape)[:, None]), axis=0)
+    labels = np.zeros(idx.shape[1], np.uint8)
+    labels[inside] = data["moving_labels"][tuple(idx[:, inside])]
+    labels = labels.reshape(static.shape)
+    disp = pull - x if field is None else field  # approximate for greedy (includes affine)
+    jac = jacobian_determinant(disp.astype(np.float32), s_aff) if field is not None else None
+    queue.put({
+        "method": method,
+        "seconds": elapsed,
+        "peak_mb": peak,
+        "epe_mean": float(err.mean()),
+        "epe_p95": float(np.percentile(err, 95)),
+        "dice_gm": float(dice(labels == 2, data["static_labels"] == 2)),
+        "dice_wm": float(dice(labels == 3, data["static_labels"] == 3)),
+        "folding_pct": None if jac is None else float(100.0 * np.mean(jac[brain] <= 0)),
+    })
+
+
+def _run_greedy(static, moving, s_aff, m_aff, prealign, level_iters, radius):
+    """greedy (picsl-greedy) NCC with the same pyramid depth; returns pull points (mm)."""
+    import nibabel as nib
+    from picsl_greedy import Greedy3D
+
+    g = Greedy3D()
+    with tempfile.TemporaryDirectory() as tmp:
+        fs, fm = os.path.join(tmp, "s.nii.gz"), os.path.join(tmp, "m.nii.gz")
+        nib.save(nib.Nifti1Image(static.astype(np.float32), s_aff), fs)
+        nib.save(nib.Nifti1Image(moving.astype(np.float32), m_aff), fm)
+        # greedy's affine maps fixed (static) physical points to moving ones in RAS->LPS
+        flip = np.diag([-1, -1, 1, 1.0])
+        aff_lps = flip @ prealign @ flip
+        fa = os.path.join(tmp, "a.mat")
+        np.savetxt(fa, aff_lps)
+        its = "x".join(str(n) for n in level_iters)
+        fw = os.path.join(tmp, "w.nii.gz")
+        g.execute(f"-d 3 -i {fs} {fm} -it {fa} -m NCC {radius}x{radius}x{radius} "
+                  f"-n {its} -o {fw} -threads 2")
+        warp = nib.load(fw)
+        disp = np.asarray(warp.dataobj, dtype=np.float64).reshape(static.shape + (3,))
+        disp[..., :2] *= -1  # LPS -> RAS
+    ijk = np.indices(static.shape, dtype=np.float64).reshape(3, -1)
+    x = (s_aff[:3, :3] @ ijk + s_aff[:3, 3:4]).T.reshape(static.shape + (3,))
+    return (x + disp) @ prealign[:3, :3].T + prealign[:3, 3]
+
+
+def run_method(method, case_file, level_iters, radius=4, extra=None) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker,
+                       args=(method, case_file, level_iters, radius, extra or {}, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    result["level_iters"] = level_iters
+    return result
+
+
+def make_case_file(voxel_size: float, seed: int, folder: str) -> tuple[str, tuple]:
+    from synflow.data.phantom import make_registration_case
+
+    case = make_registration_case(voxel_size=voxel_size, seed=seed)
+    path = os.path.join(folder, f"case_{voxel_size}mm_seed{seed}.npz")
+    np.savez(path, static=case.static, moving=case.moving, static_affine=case.static_affine,
+             moving_affine=case.moving_affine, prealign=case.prealign,
+             true_displacement=case.true_displacement, brain_mask=case.brain_mask,
+             static_labels=case.static_labels, moving_labels=case.moving_labels)
+    return path, case.static.shape
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grids", type=float, nargs="+", default=[2.0], help="voxel sizes (mm)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--recommended", type=int, nargs="+", default=[30, 30, 10],
+                    help="synflow's recommended level_iters (coarsest first)")
+    ap.add_argument("--dipy-long", action="store_true",
+                    help="also run DIPY with [100, 100, 50] (slow)")
+    ap.add_argument("--greedy", action="store_true", help="also run picsl-greedy if installed")
+    ap.add_argument("--markdown", help="write the table to this Markdown file")
+    args = ap.parse_args(argv)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for vs in args.grids:
+            case_file, shape = make_case_file(vs, args.seed, tmp)
+            plan = [("dipy", [10, 10, 5]), ("synflow", [10, 10, 5]),
+                    ("synflow (recommended)", args.recommended)]
+            if args.dipy_long:
+                plan.append(("dipy", [100, 100, 50]))
+            if args.greedy:
+                plan.append(("greedy", [100, 100, 50]))
+            for method, its in plan:
+                r = run_method(method, case_file, its)
+                r["grid"] = f"{vs:g} mm {shape[0]}x{shape[1]}x{shape[2]}"
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+
+    lines = ["| grid | method | level_iters | time (s) | time / DIPY[10,10,5] | peak MB | "
+             "EPE mean (mm) | EPE p95 (mm) | Dice GM | Dice WM | folding % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = next(x for x in rows if x["grid"] == r["grid"] and x["method"] == "dipy")
+        fold = "n/a" if r["folding_pct"] is None else f"{r['folding_pct']:.3f}"
+        lines.append(
+            f"| {r['grid']} | {r['method']} | {r['level_iters']} | {r['seconds']:.2f} | "
+            f"{r['seconds'] / ref['seconds']:.2f} | {r['peak_mb']:.0f} | {r['epe_mean']:.3f} | "
+            f"{r['epe_p95']:.3f} | {r['dice_gm']:.3f} | {r['dice_wm']:.3f} | {fold} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        cmd = "python bench/bench_syn.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        Path(args.markdown).write_text(
+            f"Command: `{cmd.strip()}`\n\nMachine: {os.cpu_count()} cores, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
