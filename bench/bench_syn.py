@@ -63,8 +63,7 @@ def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     if method.startswith("greedy"):
-        pull = _run_greedy(static, moving, s_aff, m_aff, prealign, level_iters, radius)
-        field = None
+        pull, field = _run_greedy(static, moving, s_aff, m_aff, prealign, level_iters, radius)
     else:
         sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=radius),
                                                  level_iters=level_iters, **extra)
@@ -80,7 +79,7 @@ def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
     ijk = np.indices(static.shape, dtype=np.float64).reshape(3, -1)
     x = (s_aff[:3, :3] @ ijk + s_aff[:3, 3:4]).T.reshape(static.shape + (3,))
     true = (x + data["true_displacement"]) @ prealign[:3, :3].T + prealign[:3, 3]
-    if field is not None:
+    if not method.startswith("greedy"):
         pull = (x + field) @ prealign[:3, :3].T + prealign[:3, 3]
     brain = data["brain_mask"].astype(bool)
     err = np.linalg.norm(pull - true, axis=-1)[brain]
@@ -91,8 +90,7 @@ def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
     labels = np.zeros(idx.shape[1], np.uint8)
     labels[inside] = data["moving_labels"][tuple(idx[:, inside])]
     labels = labels.reshape(static.shape)
-    disp = pull - x if field is None else field  # approximate for greedy (includes affine)
-    jac = jacobian_determinant(disp.astype(np.float32), s_aff) if field is not None else None
+    jac = jacobian_determinant(field.astype(np.float32), s_aff)
     queue.put({
         "method": method,
         "seconds": elapsed,
@@ -101,7 +99,7 @@ def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
         "epe_p95": float(np.percentile(err, 95)),
         "dice_gm": float(dice(labels == 2, data["static_labels"] == 2)),
         "dice_wm": float(dice(labels == 3, data["static_labels"] == 3)),
-        "folding_pct": None if jac is None else float(100.0 * np.mean(jac[brain] <= 0)),
+        "folding_pct": float(100.0 * np.mean(jac[brain] <= 0)),
     })
 
 
@@ -115,21 +113,22 @@ def _run_greedy(static, moving, s_aff, m_aff, prealign, level_iters, radius):
         fs, fm = os.path.join(tmp, "s.nii.gz"), os.path.join(tmp, "m.nii.gz")
         nib.save(nib.Nifti1Image(static.astype(np.float32), s_aff), fs)
         nib.save(nib.Nifti1Image(moving.astype(np.float32), m_aff), fm)
-        # greedy's affine maps fixed (static) physical points to moving ones in RAS->LPS
-        flip = np.diag([-1, -1, 1, 1.0])
-        aff_lps = flip @ prealign @ flip
+        # greedy's matrix files map fixed (static) to moving points in RAS mm (checked:
+        # an LPS matrix gives ~10 mm errors); its warp is an ITK (LPS) displacement on the
+        # fixed grid, and the pull point of x is prealign @ (x + w(x)).
         fa = os.path.join(tmp, "a.mat")
-        np.savetxt(fa, aff_lps)
+        np.savetxt(fa, prealign)
         its = "x".join(str(n) for n in level_iters)
         fw = os.path.join(tmp, "w.nii.gz")
-        g.execute(f"-d 3 -i {fs} {fm} -it {fa} -m NCC {radius}x{radius}x{radius} "
-                  f"-n {its} -o {fw} -threads 2")
+        with open(os.devnull, "w") as quiet:
+            g.execute(f"-d 3 -i {fs} {fm} -it {fa} -m NCC {radius}x{radius}x{radius} "
+                      f"-n {its} -o {fw} -threads 2", out=quiet)
         warp = nib.load(fw)
         disp = np.asarray(warp.dataobj, dtype=np.float64).reshape(static.shape + (3,))
         disp[..., :2] *= -1  # LPS -> RAS
     ijk = np.indices(static.shape, dtype=np.float64).reshape(3, -1)
     x = (s_aff[:3, :3] @ ijk + s_aff[:3, 3:4]).T.reshape(static.shape + (3,))
-    return (x + disp) @ prealign[:3, :3].T + prealign[:3, 3]
+    return (x + disp) @ prealign[:3, :3].T + prealign[:3, 3], disp
 
 
 def run_method(method, case_file, level_iters, radius=4, extra=None) -> dict:
@@ -160,7 +159,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grids", type=float, nargs="+", default=[2.0], help="voxel sizes (mm)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--recommended", type=int, nargs="+", default=[30, 30, 10],
+    ap.add_argument("--recommended", type=int, nargs="+", default=[50, 50, 10],
                     help="synflow's recommended level_iters (coarsest first)")
     ap.add_argument("--dipy-long", action="store_true",
                     help="also run DIPY with [100, 100, 50] (slow)")
@@ -177,7 +176,7 @@ def main(argv=None) -> int:
             if args.dipy_long:
                 plan.append(("dipy", [100, 100, 50]))
             if args.greedy:
-                plan.append(("greedy", [100, 100, 50]))
+                plan += [("greedy", [10, 10, 5]), ("greedy", [100, 100, 50])]
             for method, its in plan:
                 r = run_method(method, case_file, its)
                 r["grid"] = f"{vs:g} mm {shape[0]}x{shape[1]}x{shape[2]}"
@@ -189,7 +188,7 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = next(x for x in rows if x["grid"] == r["grid"] and x["method"] == "dipy")
-        fold = "n/a" if r["folding_pct"] is None else f"{r['folding_pct']:.3f}"
+        fold = f"{r['folding_pct']:.3f}"
         lines.append(
             f"| {r['grid']} | {r['method']} | {r['level_iters']} | {r['seconds']:.2f} | "
             f"{r['seconds'] / ref['seconds']:.2f} | {r['peak_mb']:.0f} | {r['epe_mean']:.3f} | "

@@ -276,3 +276,20 @@ def test_volume_too_small_for_cc_window(tiny):
 def test_get_map_before_optimize():
     with pytest.raises(ValueError, match="before optimize"):
         sdr().get_map()
+
+
+def test_2d_cc_registration_reduces_ssd():
+    """DIPY's 2-D CC acceptance test idea: a T1 slice against a smoothly warped copy."""
+    dipy_data = pytest.importorskip("dipy.data")
+    from pathlib import Path
+
+    t1 = np.load(Path(dipy_data.__file__).parent / "files" / "t1_coronal_slice.npy")
+    t1 = t1.astype(np.float32)
+    yy, xx = np.mgrid[: t1.shape[0], : t1.shape[1]].astype(np.float32)
+    moving = ndi.map_coordinates(t1, [yy + 3 * np.sin(xx / 20), xx + 3 * np.cos(yy / 25)],
+                                 order=1)
+    m = SymmetricDiffeomorphicRegistration(CCMetric(2, sigma_diff=3, radius=4),
+                                           level_iters=[15, 5]).optimize(t1, moving)
+    before = ((t1 - moving) ** 2).sum()
+    after = ((t1 - m.transform(moving)) ** 2).sum()
+    assert after < 0.1 * before

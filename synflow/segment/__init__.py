@@ -2,7 +2,7 @@
 
 * :func:`median_otsu`, :func:`multi_median` -- DIPY-compatible (``dipy.segment.mask``), fast
   exact level-counting median (see :mod:`synflow.segment.mask`).
-* :func:`otsu` -- scikit-image's ``threshold_otsu``, bit-identical, in NumPy.
+* :func:`otsu` -- ``dipy.segment.threshold.otsu``, bit-identical, in NumPy.
 """
 
 from .mask import applymask, median_otsu, multi_median

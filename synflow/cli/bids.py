@@ -1,0 +1,233 @@
+"""Input side of the command: validate the dataset, find DWI series, check them early.
+
+Checks that need only headers and ``.bval`` files (3-D "DWI", bval count, no b0 under
+the threshold, unreadable header) run here, before the workflow is built, so the
+message comes in seconds and names the file.  Checks that need the voxel data (NaN
+voxels, truncated data) run inside ``ExtractB0`` and are reported per series after
+the run.  Either way the other series are processed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from synflow.cli.errors import ExitCode, SynflowError
+from synflow.cli.plugins import container_mount_hint
+from synflow.workflows.base import DWISeries
+
+
+@dataclass
+class Problem:
+    """A participant or series that will not be processed, and why."""
+
+    participant: str
+    series: str
+    message: str
+    code: ExitCode
+
+
+@dataclass
+class Selection:
+    """What the run will process, and what it cannot."""
+
+    participants: dict[str, list[DWISeries]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def validate_dataset(bids_dir: Path, participants: list[str] | None = None) -> str:
+    """Validate ``bids_dir``; raise :class:`SynflowError` (exit 16) if it is not BIDS.
+
+    Uses the ``bids-validator`` executable when it is on ``PATH`` (as fMRIPrep); else a
+    structural check (``dataset_description.json`` with ``Name`` and ``BIDSVersion``,
+    at least one ``sub-*`` folder, ``DatasetType`` not ``derivative``): the npm/deno
+    validator is not a Python package, and the check catches the usual mistakes (wrong
+    folder, a derivatives folder, a mount that did not happen).  Returns what was run.
+    """
+    desc = bids_dir / "dataset_description.json"
+    how = "structural check (bids-validator not installed)"
+    validator = shutil.which("bids-validator")
+    if validator:
+        how = validator
+        try:
+            proc = subprocess.run([validator, str(bids_dir)], capture_output=True, text=True,
+                                  timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SynflowError(f"bids-validator could not run on {bids_dir}: {exc}. "
+                               "Use --skip-bids-validation to skip validation.",
+                               ExitCode.BIDS_INVALID) from exc
+        if proc.returncode != 0:
+            report = (proc.stdout + proc.stderr).strip()
+            raise SynflowError(f"{bids_dir} is not a valid BIDS dataset (bids-validator):\n"
+                               f"{report[-4000:]}\nFix the errors above, or use "
+                               "--skip-bids-validation.", ExitCode.BIDS_INVALID)
+        return how
+    if not desc.is_file():
+        raise SynflowError(
+            f"{bids_dir} is not a BIDS dataset: {desc.name} is missing. Point BIDS_DIR at the "
+            "dataset root (the folder holding dataset_description.json and the sub-* "
+            "folders).", ExitCode.BIDS_INVALID)
+    try:
+        meta = json.loads(desc.read_text())
+    except (OSError, ValueError) as exc:
+        raise SynflowError(f"{desc} is not valid JSON ({exc}); fix it or use "
+                           "--skip-bids-validation.", ExitCode.BIDS_INVALID) from exc
+    missing = [k for k in ("Name", "BIDSVersion") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise SynflowError(f"{desc} lacks the required field(s) {', '.join(missing)}; add "
+                           "them or use --skip-bids-validation.", ExitCode.BIDS_INVALID)
+    if str(meta.get("DatasetType", "raw")).lower() == "derivative":
+        raise SynflowError(f"{bids_dir} is a derivatives dataset (DatasetType=derivative); "
+                           "give the raw BIDS dataset.", ExitCode.BIDS_INVALID)
+    if not any(p.is_dir() for p in bids_dir.glob("sub-*")):
+        raise SynflowError(f"{bids_dir} holds no sub-<label> folders: not a BIDS dataset "
+                           "root.", ExitCode.BIDS_INVALID)
+    return how
+
+
+def load_filters(path: Path | None) -> dict[str, Any]:
+    """Read ``--bids-filter-file``: ``{"dwi": {entity: value}}`` (null/"*" as PyBIDS)."""
+    if path is None:
+        return {}
+    from bids.layout import Query
+
+    if not path.is_file():
+        raise SynflowError(f"--bids-filter-file {path} does not exist."
+                           f"{container_mount_hint(path)}", ExitCode.NO_INPUT)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise SynflowError(f"--bids-filter-file {path} is not valid JSON: {exc}",
+                           ExitCode.USAGE) from exc
+    if not isinstance(data, dict) or any(not isinstance(v, dict) for v in data.values()):
+        raise SynflowError(f"--bids-filter-file {path} must hold {{\"dwi\": {{entity: value}}}}",
+                           ExitCode.USAGE)
+    unknown = set(data) - {"dwi"}
+    if unknown:
+        raise SynflowError(f"--bids-filter-file {path}: unknown query {sorted(unknown)}; "
+                           "synflow reads only \"dwi\"", ExitCode.USAGE)
+
+    def conv(v: Any) -> Any:
+        if v is None:
+            return Query.NONE
+        if v == "*":
+            return Query.ANY
+        return v
+    return {k: conv(v) for k, v in data.get("dwi", {}).items()}
+
+
+def make_layout(bids_dir: Path, database_dir: Path, reset: bool,
+                participants: list[str] | None):
+    """PyBIDS layout with its database in ``database_dir`` (per run, as fMRIPrep)."""
+    import re
+
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    ignore: list[Any] = ["code", "stimuli", "sourcedata", "models", "derivatives",
+                         re.compile(r"^\.")]
+    if participants:
+        # Skip indexing the other participants (big datasets); unknown labels are
+        # reported from the folder listing instead.
+        keep = "|".join(re.escape(p) for p in participants)
+        # (fMRIPrep's pattern: a folder *or file* name of another participant)
+        ignore.append(re.compile(rf"sub-(?!({keep})(\b|_))"))
+    database_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return BIDSLayout(str(bids_dir), validate=False, database_path=str(database_dir),
+                          reset_database=reset,
+                          indexer=BIDSLayoutIndexer(validate=False, ignore=ignore))
+    except Exception as exc:  # pybids raises many types for broken datasets
+        raise SynflowError(f"PyBIDS could not index {bids_dir}: {exc}",
+                           ExitCode.BIDS_INVALID) from exc
+
+
+def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
+                  session_labels: list[str] | None, filters: dict[str, Any],
+                  b0_threshold: float) -> Selection:
+    """Find and pre-check every DWI series to process (see the module docstring)."""
+    sel = Selection()
+    on_disk = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
+    wanted = participant_labels or on_disk
+    for label in wanted:
+        if label not in on_disk:
+            hint = container_mount_hint(bids_dir / f"sub-{label}")
+            sel.problems.append(Problem(label, "-", (
+                f"participant sub-{label} does not exist in {bids_dir} (found: "
+                f"{', '.join(on_disk[:10]) or 'none'}{' ...' if len(on_disk) > 10 else ''}). "
+                f"Check --participant-label.{hint}"), ExitCode.NO_INPUT))
+            continue
+        query: dict[str, Any] = {"subject": label, "datatype": "dwi", "suffix": "dwi",
+                                 "extension": [".nii.gz", ".nii"], "return_type": "file"}
+        if session_labels:
+            query["session"] = session_labels
+        query.update(filters)
+        files = sorted(layout.get(**query))
+        if not files:
+            where = f" in session(s) {', '.join(session_labels)}" if session_labels else ""
+            sel.problems.append(Problem(label, "-", (
+                f"participant sub-{label} has no DWI series{where} "
+                f"(looked for {bids_dir}/sub-{label}/[ses-*/]dwi/*_dwi.nii[.gz]"
+                f"{' with the --bids-filter-file query' if filters else ''}). Add the data "
+                f"or leave the participant out with --participant-label."),
+                ExitCode.NO_INPUT))
+            continue
+        series = []
+        for dwi in files:
+            item, problem = check_series(layout, dwi, b0_threshold)
+            if problem is not None:
+                sel.problems.append(Problem(label, item.name if item else Path(dwi).name,
+                                            problem[0], problem[1]))
+            else:
+                series.append(item)
+        sel.participants[label] = series
+    return sel
+
+
+def check_series(layout, dwi: str, b0_threshold: float
+                 ) -> tuple[DWISeries | None, tuple[str, ExitCode] | None]:
+    """Header-level checks of one DWI series; ``(series, None)`` or ``(?, (message, code))``."""
+    bval = layout.get_bval(dwi) if layout is not None else None
+    if not bval:
+        guess = str(dwi).replace(".nii.gz", ".bval").replace(".nii", ".bval")
+        if Path(guess).is_file():
+            bval = guess
+    item = DWISeries(dwi_file=str(dwi), bval_file=str(bval or ""))
+    if not bval:
+        return item, (f"{dwi}: no .bval file found (expected {Path(dwi).name.split('.')[0]}"
+                      ".bval next to it or inherited from a parent folder); add it.",
+                      ExitCode.NO_INPUT)
+    item.bvec_file = (layout.get_bvec(dwi) or None) if layout is not None else None
+    try:
+        img = nib.load(dwi)
+        shape = img.shape
+    except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError...
+        return item, (f"{dwi}: cannot read the NIfTI header ({type(exc).__name__}: {exc}). "
+                      "The file is corrupt or not NIfTI; re-export or re-copy it.",
+                      ExitCode.DATA_ERROR)
+    item.nbytes = int(np.prod(shape)) * 4
+    if len(shape) != 4 or (len(shape) == 4 and shape[3] == 1):
+        return item, (f"{dwi}: a DWI series must be 4-D (x, y, z, volumes); this image is "
+                      f"{len(shape)}-D with shape {tuple(shape)}. Is it a single b0 or a "
+                      "fieldmap? Move it out of dwi/ or give the full series.",
+                      ExitCode.DATA_ERROR)
+    try:
+        bvals = np.loadtxt(bval, ndmin=1).ravel()
+    except (OSError, ValueError) as exc:
+        return item, (f"{bval}: cannot read b-values ({exc}); it must be one row of "
+                      "numbers.", ExitCode.DATA_ERROR)
+    if bvals.size != shape[3]:
+        return item, (f"{bval}: {bvals.size} b-values but {dwi} has {shape[3]} volumes; "
+                      "the .bval must list one b-value per volume.", ExitCode.DATA_ERROR)
+    if not np.any(bvals < b0_threshold):
+        return item, (f"{bval}: no b0 volume (smallest b-value {bvals.min():g} is not below "
+                      f"--b0-threshold {b0_threshold:g}). If this scanner writes b0s as "
+                      "b=5..100, raise --b0-threshold.", ExitCode.DATA_ERROR)
+    return item, None

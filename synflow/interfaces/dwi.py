@@ -1,0 +1,170 @@
+"""Nipype interfaces for DWI inputs: mean b0 extraction and median-Otsu brain masks."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from synflow.interfaces.bids import split_ext
+
+
+def out_name(in_file: str, suffix: str, newpath: str, ext: str = ".nii.gz") -> str:
+    """``<newpath>/<stem of in_file><suffix><ext>`` (``.nii.gz``-aware ``fname_presuffix``)."""
+    return str(Path(newpath) / f"{split_ext(in_file)[0]}{suffix}{ext}")
+
+
+def read_bval_count(bval_file: str, threshold: float) -> tuple[int, int]:
+    """``(n_volumes, n_b0)`` from a ``.bval`` file (b0 = ``bval < threshold``)."""
+    bvals = np.loadtxt(bval_file, ndmin=1).ravel()
+    return int(bvals.size), int(np.count_nonzero(bvals < threshold))
+
+
+def save_like(data: np.ndarray, like: nib.Nifti1Image, fname: str, dtype=np.float32) -> str:
+    """Save ``data`` on ``like``'s grid (affine, sform/qform codes), without its scaling."""
+    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), like.affine)
+    out.header.set_xyzt_units(*like.header.get_xyzt_units())
+    out.header.set_sform(like.affine, int(like.header["sform_code"]) or 1)
+    out.header.set_qform(like.affine, int(like.header["qform_code"]) or 1)
+    out.to_filename(fname)
+    return fname
+
+
+class _ExtractB0InputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="4-D DWI series (NIfTI)")
+    in_bval = File(exists=True, mandatory=True, desc="the series' .bval file")
+    b0_threshold = traits.Float(50.0, usedefault=True,
+                                desc="volumes with b < threshold (s/mm^2) are b0s")
+    align = traits.Bool(False, usedefault=True,
+                        desc="rigidly align the b0s to the first one before averaging")
+
+
+class _ExtractB0OutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="mean b0 (3-D, float32, same grid as the DWI)")
+    n_volumes = traits.Int(desc="volumes in the DWI series")
+    n_b0 = traits.Int(desc="volumes averaged into the mean b0")
+    elapsed = traits.Float(desc="seconds spent")
+
+
+class ExtractB0(SimpleInterface):
+    """Mean of the b0 volumes (``b < b0_threshold``) of a DWI series.
+
+    Wraps :func:`synflow.io.dwi.extract_b0`, which raises a ``ValueError`` naming the
+    file for a bval/volume count mismatch, no volume under the threshold, a 3-D
+    "DWI" or NaN voxels.  Default threshold 50 s/mm^2 as DIPY's ``gradient_table``,
+    dmriprep and QSIPrep's ``ExtractB0s`` (QSIPrep's CLI uses 100).
+    """
+
+    input_spec = _ExtractB0InputSpec
+    output_spec = _ExtractB0OutputSpec
+
+    def _run_interface(self, runtime):
+        from synflow.io.dwi import extract_b0
+
+        t0 = time.perf_counter()
+        out_file = out_name(self.inputs.in_file, "_b0", runtime.cwd)
+        try:
+            img = extract_b0(self.inputs.in_file, self.inputs.in_bval, out_file=out_file,
+                             b0_threshold=self.inputs.b0_threshold, align=self.inputs.align)
+        except ValueError:
+            raise  # synflow.io raises ValueErrors that already name the file
+        except (EOFError, OSError, zlib.error, ImageFileError) as exc:
+            # nibabel/gzip say "Compressed file ended..." without naming the file
+            raise ValueError(
+                f"{self.inputs.in_file}: cannot read the image data ({type(exc).__name__}: "
+                f"{exc}). The file is truncated or corrupt; re-copy or re-export it.") from exc
+        if not Path(out_file).exists():
+            img.to_filename(out_file)
+        n_vol, n_b0 = read_bval_count(self.inputs.in_bval, self.inputs.b0_threshold)
+        self._results.update(out_file=out_file, n_volumes=n_vol, n_b0=n_b0,
+                             elapsed=time.perf_counter() - t0)
+        return runtime
+
+
+class _MedianOtsuInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="3-D image (e.g. the mean b0)")
+    median_radius = traits.Int(4, usedefault=True, desc="median filter radius (voxels)")
+    numpass = traits.Int(4, usedefault=True, desc="median filter passes")
+    dilate = traits.Int(desc="dilate the mask this many iterations (default: none)")
+    finalize_mask = traits.Bool(False, usedefault=True,
+                                desc="remove small islands / fill holes (DIPY >= 1.10)")
+
+
+class _MedianOtsuOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="binary brain mask (uint8)")
+    out_file = File(exists=True, desc="masked image (skull-stripped, float32)")
+    elapsed = traits.Float(desc="seconds spent")
+
+
+class MedianOtsu(SimpleInterface):
+    """Brain mask with :func:`synflow.segment.mask.median_otsu` (DIPY's defaults).
+
+    nipype has no median-Otsu wrapper (``MedianOtsuFlow`` is not wrapped), hence this.
+    """
+
+    input_spec = _MedianOtsuInputSpec
+    output_spec = _MedianOtsuOutputSpec
+
+    def _run_interface(self, runtime):
+        from synflow.segment.mask import median_otsu
+
+        t0 = time.perf_counter()
+        img = nib.load(self.inputs.in_file)
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        if data.ndim != 3:
+            raise ValueError(f"{self.inputs.in_file}: MedianOtsu expects a 3-D image, "
+                             f"got shape {data.shape}")
+        dilate = self.inputs.dilate if isdefined(self.inputs.dilate) else None
+        masked, mask = median_otsu(data, median_radius=self.inputs.median_radius,
+                                   numpass=self.inputs.numpass, dilate=dilate,
+                                   finalize_mask=self.inputs.finalize_mask)
+        if not np.any(mask):
+            raise ValueError(f"{self.inputs.in_file}: median-Otsu found no brain voxels; "
+                             "is this a b0 image with signal?")
+        out_mask = save_like(mask, img, out_name(self.inputs.in_file, "_mask", runtime.cwd),
+                             np.uint8)
+        out_file = save_like(masked, img,
+                             out_name(self.inputs.in_file, "_brain", runtime.cwd), np.float32)
+        self._results.update(out_mask=out_mask, out_file=out_file,
+                             elapsed=time.perf_counter() - t0)
+        return runtime
+
+
+class _ApplyMaskInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="3-D image")
+    in_mask = File(exists=True, mandatory=True, desc="binary mask on the same grid")
+
+
+class _ApplyMaskOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="image with voxels outside the mask set to 0 (float32)")
+
+
+class ApplyMask(SimpleInterface):
+    """Zero the voxels outside a mask (e.g. skull-strip the bundled template)."""
+
+    input_spec = _ApplyMaskInputSpec
+    output_spec = _ApplyMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        img = nib.load(self.inputs.in_file)
+        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        mask = np.asanyarray(nib.load(self.inputs.in_mask).dataobj) > 0
+        if mask.shape != data.shape:
+            raise ValueError(f"{self.inputs.in_mask}: mask shape {mask.shape} does not match "
+                             f"{self.inputs.in_file} {data.shape}")
+        out = save_like(np.where(mask, data, 0), img,
+                        out_name(self.inputs.in_file, "_brain", runtime.cwd))
+        self._results["out_file"] = out
+        return runtime

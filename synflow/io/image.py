@@ -1,0 +1,181 @@
+"""NIfTI input/output, mirroring ``dipy.io.image``, plus synflow's atomic-write helper.
+
+* :func:`load_nifti` / :func:`save_nifti` keep DIPY's signatures and return values; failures
+  raise :class:`NiftiError` (a ``ValueError``, also an ``OSError``) naming the file and the cause
+  (missing, not NIfTI, truncated / unreadable voxel data).
+* :func:`atomic_path` is the helper every synflow writer uses: it yields a hidden temporary path
+  in the destination directory (same extension, so nibabel picks the same format) and
+  ``os.replace``-s it onto the destination only if the block succeeds, so readers never see a
+  partial file.  :func:`atomic_write_nifti` saves a nibabel image that way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "NiftiError",
+    "atomic_path",
+    "atomic_write_nifti",
+    "load_nifti",
+    "load_nifti_data",
+    "save_nifti",
+    "split_ext",
+]
+
+class NiftiError(ValueError, OSError):
+    """A NIfTI file is missing, unreadable or truncated (message names the file)."""
+
+
+def split_ext(fname: str | os.PathLike) -> tuple[str, str]:
+    """``("dir/sub-01_dwi", ".nii.gz")`` for ``"dir/sub-01_dwi.nii.gz"`` (keeps ``.nii.gz``)."""
+    name = os.fspath(fname)
+    low = name.lower()
+    for ext in (".nii.gz", ".tar.gz"):
+        if low.endswith(ext):
+            return name[: -len(ext)], name[-len(ext):]
+    root, ext = os.path.splitext(name)
+    return root, ext
+
+
+@contextmanager
+def atomic_path(fname: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``fname``; move it onto ``fname`` when the block succeeds.
+
+    The temporary file lives in the destination directory (so ``os.replace`` is atomic on POSIX
+    and Windows), starts with ``.`` (hidden, never matches a BIDS pattern) and keeps the final
+    extension (``.nii.gz`` stays gzipped).  Parent directories are created.  If the block raises,
+    the temporary file is removed and ``fname`` is left untouched.
+
+    Example::
+
+        with atomic_path("out/sub-01_desc-b0_dwiref.nii.gz") as tmp:
+            nib.save(img, tmp)
+    """
+    dest = Path(fname)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _, ext = split_ext(dest.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".partial{ext}", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_nifti(img: nib.spatialimages.SpatialImage, fname: str | os.PathLike) -> Path:
+    """Save a nibabel image to ``fname`` atomically (see :func:`atomic_path`); returns the path."""
+    with atomic_path(fname) as tmp:
+        nib.save(img, str(tmp))
+    return Path(fname)
+
+
+def _open_nifti(fname: str | os.PathLike) -> nib.spatialimages.SpatialImage:
+    path = Path(os.fspath(fname))
+    if not path.exists():
+        raise NiftiError(f"NIfTI file not found: {path}")
+    if path.is_dir():
+        raise NiftiError(f"expected a NIfTI file, got a directory: {path}")
+    try:
+        return nib.load(str(path))
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, OSError, ...
+        raise NiftiError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_data(img: nib.spatialimages.SpatialImage, fname: str | os.PathLike,
+               as_ndarray: bool) -> Any:
+    if not as_ndarray:
+        return img.dataobj
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as exc:  # truncated gzip / short file: EOFError, OSError, ValueError
+        raise NiftiError(
+            f"cannot read the voxel data of {os.fspath(fname)} (truncated or corrupt file?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def load_nifti(fname: str | os.PathLike, return_img: bool = False, return_voxsize: bool = False,
+               return_coords: bool = False, as_ndarray: bool = True) -> tuple:
+    """Load a NIfTI file, as ``dipy.io.image.load_nifti``.
+
+    Parameters
+    ----------
+    fname : str or Path
+        NIfTI-1/2 file (``.nii`` or ``.nii.gz``).
+    return_img, return_voxsize, return_coords : bool
+        Also return the nibabel image, the voxel size (mm, first three zooms) and the axis codes
+        (``nib.aff2axcodes``), in that order.
+    as_ndarray : bool
+        Read the voxels into an array (scaled by ``scl_slope``/``scl_inter`` as nibabel does);
+        ``False`` returns the lazy ``img.dataobj``.
+
+    Returns
+    -------
+    tuple
+        ``(data, affine[, img][, vox_size][, axcodes])``; ``affine`` maps voxel indices to
+        world RAS mm.
+
+    Raises
+    ------
+    NiftiError
+        (``ValueError``/``OSError``) naming the file when it is missing, not NIfTI, or truncated.
+    """
+    img = _open_nifti(fname)
+    data = _read_data(img, fname, as_ndarray)
+    ret: list[Any] = [data, img.affine]
+    if return_img:
+        ret.append(img)
+    if return_voxsize:
+        ret.append(img.header.get_zooms()[:3])
+    if return_coords:
+        ret.append(nib.aff2axcodes(img.affine))
+    return tuple(ret)
+
+
+def load_nifti_data(fname: str | os.PathLike, as_ndarray: bool = True) -> Any:
+    """Only the voxel array of a NIfTI file (``dipy.io.image.load_nifti_data``)."""
+    return _read_data(_open_nifti(fname), fname, as_ndarray)
+
+
+def save_nifti(fname: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
+               hdr: nib.Nifti1Header | None = None, dtype: Any = None) -> None:
+    """Save an array as NIfTI-1, as ``dipy.io.image.save_nifti`` (written atomically).
+
+    Parameters
+    ----------
+    fname : str or Path
+        Destination (``.nii`` or ``.nii.gz``).
+    data : ndarray
+        Voxel array ``[i, j, k(, t)]``.
+    affine : (4, 4) array
+        Voxel -> world (RAS mm) matrix.
+    hdr : nibabel header, optional
+        Header to copy (intent, units, ...).
+    dtype : dtype, optional
+        On-disk data type.  As in DIPY, 64-bit integer data needs ``hdr`` or ``dtype``
+        (many tools cannot read int64 NIfTI).
+    """
+    data = np.asanyarray(data)
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    if hdr is None and dtype is None and data.dtype in (np.dtype("int64"), np.dtype("uint64")):
+        raise ValueError(
+            f"Image data has type {data.dtype}, which may cause incompatibilities with other "
+            "tools (Analyze formats did not support 64-bit integer data). Pass `hdr` or `dtype`, "
+            f"e.g. np.asarray(data, dtype=np.int32), to save {os.fspath(fname)}."
+        )
+    img = nib.Nifti1Image(data, affine, header=hdr, dtype=dtype)
+    atomic_write_nifti(img, fname)

@@ -1,0 +1,111 @@
+"""The reference the b0s are registered to: bundled template, any image, or a participant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from synflow.interfaces import ApplyMask, ExtractB0, MedianOtsu
+
+
+@dataclass
+class Reference:
+    """What to register to.
+
+    ``kind`` is ``"template"`` (bundled MNI152NLin2009aSym-derived 2 mm b0-like template and
+    its brain mask), ``"image"`` (any 3-D NIfTI, skull-stripped here with median-Otsu) or
+    ``"participant"`` (the mean b0 of ``dwi_file``/``bval_file``, skull-stripped).
+    ``space`` is the ``space``/``to`` entity of the outputs.
+    """
+
+    kind: str = "template"
+    space: str = ""
+    image: str | None = None
+    mask: str | None = None
+    participant: str | None = None
+    dwi_file: str | None = None
+    bval_file: str | None = None
+    b0_threshold: float = 50.0
+    spatial_reference: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("template", "image", "participant"):
+            raise ValueError(f"Reference.kind must be template|image|participant, "
+                             f"got {self.kind!r}")
+        if self.kind == "template":
+            from synflow.data import TEMPLATE_SPACE, get_template
+
+            self.image = self.image or str(get_template("b0"))
+            self.mask = self.mask or str(get_template("brainmask"))
+            self.space = self.space or TEMPLATE_SPACE
+        elif self.kind == "image":
+            if not self.image:
+                raise ValueError("Reference(kind='image') needs image=")
+            self.space = self.space or "custom"
+        else:
+            if not (self.dwi_file and self.bval_file and self.participant):
+                raise ValueError("Reference(kind='participant') needs participant=, "
+                                 "dwi_file= and bval_file=")
+            self.space = self.space or f"sub{self.participant}"
+
+    def describe(self) -> dict:
+        """JSON-able summary for sidecars and the report."""
+        out = {"Kind": self.kind, "Space": self.space}
+        if self.kind == "participant":
+            out.update(Participant=self.participant, Source=str(self.dwi_file))
+        else:
+            out["Image"] = str(self.image)
+        if self.mask:
+            out["Mask"] = str(self.mask)
+        return out
+
+
+def init_reference_wf(reference: Reference, *, omp_nthreads: int = 1,
+                      name: str = "reference_wf") -> pe.Workflow:
+    """Prepare the skull-stripped reference image and its brain mask.
+
+    * template: bundled b0-like template masked with its bundled brain mask;
+    * image: median-Otsu on the given image (or its ``mask`` if one is given);
+    * participant: mean b0 of that participant's series (``ExtractB0``), median-Otsu.
+
+    Skull-stripping both images is what DIPY's SyN tutorial does before registering two
+    subjects' b0s; the b0s are skull-stripped the same way in
+    :func:`~synflow.workflows.dwi.init_dwi_registration_wf`.
+
+    Inputs: none (everything comes from ``reference``).
+
+    Outputs (``outputnode``)
+    ------------------------
+    reference
+        Skull-stripped reference image.
+    reference_mask
+        Its brain mask.
+    """
+    workflow = pe.Workflow(name=name)
+    outputnode = pe.Node(niu.IdentityInterface(fields=["reference", "reference_mask"]),
+                         name="outputnode")
+    if reference.kind == "participant":
+        b0 = pe.Node(ExtractB0(in_file=reference.dwi_file, in_bval=reference.bval_file,
+                               b0_threshold=reference.b0_threshold), name="extract_b0",
+                     mem_gb=1.0)
+        strip = pe.Node(MedianOtsu(), name="median_otsu", mem_gb=0.3)
+        workflow.connect([
+            (b0, strip, [("out_file", "in_file")]),
+            (strip, outputnode, [("out_file", "reference"), ("out_mask", "reference_mask")]),
+        ])
+    elif reference.mask:
+        apply = pe.Node(ApplyMask(in_file=str(Path(reference.image).absolute()),
+                                  in_mask=str(Path(reference.mask).absolute())),
+                        name="apply_mask", mem_gb=0.3)
+        workflow.connect([(apply, outputnode, [("out_file", "reference")])])
+        outputnode.inputs.reference_mask = str(Path(reference.mask).absolute())
+    else:
+        strip = pe.Node(MedianOtsu(in_file=str(Path(reference.image).absolute())),
+                        name="median_otsu", mem_gb=0.3)
+        workflow.connect([(strip, outputnode, [("out_file", "reference"),
+                                               ("out_mask", "reference_mask")])])
+    return workflow

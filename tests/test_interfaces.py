@@ -1,0 +1,237 @@
+"""Each Nipype interface on its own, on small synthetic images (4 mm, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from synflow.cli._testing import make_small_bids, make_small_reference
+from synflow.interfaces import (
+    AffinePrealign,
+    ApplyMask,
+    ApplyRegistration,
+    DerivativesDataSink,
+    ExtractB0,
+    MedianOtsu,
+    QCReport,
+    RegistrationReportlets,
+    SyNRegistration,
+)
+from synflow.interfaces.bids import (
+    atomic_write,
+    build_derivative_name,
+    derivative_dir,
+    parse_entities,
+)
+
+CHEAP = {"level_iters": [3, 2, 0], "cc_radius": 2, "inv_iter": 5}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ifaces")
+    bids = make_small_bids(root / "bids", subjects=("01",), seed=3)
+    dwi = bids / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+    return {"root": root, "dwi": dwi, "bval": dwi.with_name("sub-01_dwi.bval"),
+            "ref": make_small_reference(root / "ref.nii.gz")}
+
+
+def _run(iface, cwd: Path):
+    cwd.mkdir(parents=True, exist_ok=True)
+    import os
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return iface.run()
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def registered(data) -> dict:
+    """b0 -> mask -> affine -> SyN once; the other tests reuse the results."""
+    root = data["root"]
+    b0 = _run(ExtractB0(in_file=str(data["dwi"]), in_bval=str(data["bval"])), root / "b0")
+    ref_mask = _run(MedianOtsu(in_file=str(data["ref"])), root / "refmask")
+    mov_mask = _run(MedianOtsu(in_file=b0.outputs.out_file), root / "movmask")
+    aff = _run(AffinePrealign(reference_file=ref_mask.outputs.out_file,
+                              moving_file=mov_mask.outputs.out_file,
+                              reference_mask=ref_mask.outputs.out_mask,
+                              moving_mask=mov_mask.outputs.out_mask), root / "affine")
+    syn = _run(SyNRegistration(reference_file=ref_mask.outputs.out_file,
+                               moving_file=mov_mask.outputs.out_file,
+                               prealign_file=aff.outputs.out_matrix,
+                               reference_mask=ref_mask.outputs.out_mask, **CHEAP),
+               root / "syn")
+    return {"b0": b0, "ref_mask": ref_mask, "mov_mask": mov_mask, "affine": aff, "syn": syn}
+
+
+# ----------------------------------------------------------------------------- naming
+def test_parse_entities():
+    ent = parse_entities("/x/sub-01/ses-A/dwi/sub-01_ses-A_acq-hi_dir-AP_run-2_dwi.nii.gz")
+    assert ent == {"sub": "01", "ses": "A", "acq": "hi", "dir": "AP", "run": "2",
+                   "suffix": "dwi", "extension": ".nii.gz"}
+    with pytest.raises(ValueError, match="sub-"):
+        parse_entities("ses-1_dwi.nii.gz")
+
+
+def test_build_derivative_name_nipreps_order():
+    src = "sub-01_ses-1_run-1_dwi.nii.gz"
+    assert (build_derivative_name(src, "xfm", ".txt", from_="dwiref", to="MNI152NLin2009aSym",
+                                  mode="image", desc="affine")
+            == "sub-01_ses-1_run-1_from-dwiref_to-MNI152NLin2009aSym_mode-image_desc-affine"
+               "_xfm.txt")
+    assert (build_derivative_name(src, "dwiref", ".nii.gz", space="custom", desc="b0")
+            == "sub-01_ses-1_run-1_space-custom_desc-b0_dwiref.nii.gz")
+    assert build_derivative_name(src, "mask", "nii.gz", desc="brain") == \
+        "sub-01_ses-1_run-1_desc-brain_mask.nii.gz"
+    with pytest.raises(ValueError, match="alphanumeric"):
+        build_derivative_name(src, "mask", ".nii.gz", desc="brain-mask")
+    assert derivative_dir("/o", src, "dwi") == Path("/o/sub-01/ses-1/dwi")
+    assert derivative_dir("/o", src, "figures") == Path("/o/sub-01/figures")
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "a.nii.gz"
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_derivatives_data_sink(tmp_path):
+    src = tmp_path / "in.nii.gz"
+    nib.Nifti1Image(np.ones((3, 3, 3), np.float32), np.eye(4)).to_filename(src)
+    sink = DerivativesDataSink(base_directory=str(tmp_path / "out"),
+                               source_file="/raw/sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz",
+                               in_file=str(src), suffix="dwiref", desc="b0", space="custom",
+                               meta_dict={"Parameters": {"x": 1}}, qc={"cc_syn": 0.9},
+                               sources=["bids:raw:sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz"])
+    res = _run(sink, tmp_path / "node")
+    out = Path(res.outputs.out_file)
+    assert out == tmp_path / "out/sub-01/ses-1/dwi/sub-01_ses-1_space-custom_desc-b0_dwiref.nii.gz"
+    meta = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
+    assert meta["QC"] == {"cc_syn": 0.9} and meta["Parameters"] == {"x": 1}
+    assert meta["Sources"][0].startswith("bids:raw:")
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    # several files at once (figures): one desc each, no sidecars
+    sink = DerivativesDataSink(base_directory=str(tmp_path / "out"),
+                               source_file="sub-01_ses-1_dwi.nii.gz", datatype="figures",
+                               in_file=[str(src), str(src)], desc=["a", "b"], suffix="dwi",
+                               write_sidecar=False)
+    res = _run(sink, tmp_path / "node2")
+    assert [Path(p).name for p in res.outputs.out_file] == [
+        "sub-01_ses-1_desc-a_dwi.nii.gz", "sub-01_ses-1_desc-b_dwi.nii.gz"]
+    assert Path(res.outputs.out_file[0]).parent == tmp_path / "out/sub-01/figures"
+
+
+# ----------------------------------------------------------------------------- DWI / masks
+def test_extract_b0(data, registered):
+    res = registered["b0"]
+    img = nib.load(res.outputs.out_file)
+    assert img.ndim == 3 and img.shape == nib.load(data["dwi"]).shape[:3]
+    assert res.outputs.n_b0 == 2 and res.outputs.n_volumes == 6
+    np.testing.assert_allclose(img.affine, nib.load(data["dwi"]).affine)
+
+
+def test_extract_b0_threshold_error(data, tmp_path):
+    with pytest.raises(Exception, match=r"(?i)b0|threshold"):
+        _run(ExtractB0(in_file=str(data["dwi"]), in_bval=str(data["bval"]), b0_threshold=-1.0),
+             tmp_path)
+
+
+def test_median_otsu_and_apply_mask(registered, tmp_path):
+    res = registered["mov_mask"]
+    mask = np.asanyarray(nib.load(res.outputs.out_mask).dataobj)
+    assert mask.dtype == np.uint8 and 0.05 < mask.mean() < 0.9
+    masked = _run(ApplyMask(in_file=registered["b0"].outputs.out_file,
+                            in_mask=res.outputs.out_mask), tmp_path)
+    out = np.asanyarray(nib.load(masked.outputs.out_file).dataobj)
+    assert np.all(out[mask == 0] == 0)
+
+
+# ----------------------------------------------------------------------------- registration
+def test_affine_prealign(data, registered):
+    res = registered["affine"]
+    mat = np.loadtxt(res.outputs.out_matrix)
+    assert mat.shape == (4, 4) and np.allclose(mat[3], [0, 0, 0, 1])
+    assert nib.load(res.outputs.out_file).shape == nib.load(data["ref"]).shape
+    assert Path(res.outputs.out_itk).read_text().startswith("#Insight Transform File")
+
+
+def test_syn_registration_outputs(data, registered):
+    from synflow.align import read_mapping
+
+    out = registered["syn"].outputs
+    for name in ("out_mapping", "out_forward_xfm", "out_inverse_xfm", "out_affine_xfm",
+                 "out_file", "out_unaligned", "out_qc"):
+        assert Path(getattr(out, name)).exists(), name
+    qc = out.qc
+    assert set(qc) >= {"cc_before", "cc_affine", "cc_syn", "jacobian_min", "folding_percent",
+                       "ice_mean_mm", "ice_p95_mm", "ice_max_mm"}
+    assert qc["cc_syn"] > qc["cc_before"]
+    assert out.parameters["level_iters"] == CHEAP["level_iters"]
+    mapping = read_mapping(out.out_mapping)
+    warped = mapping.transform(np.asanyarray(nib.load(
+        registered["mov_mask"].outputs.out_file).dataobj, dtype=np.float32))
+    np.testing.assert_allclose(warped, nib.load(out.out_file).get_fdata(), atol=1e-3)
+
+
+def test_thread_inputs_do_not_enter_the_hash():
+    a = SyNRegistration(reference_file=__file__, moving_file=__file__, num_threads=1)
+    b = SyNRegistration(reference_file=__file__, moving_file=__file__, num_threads=8)
+    assert a.inputs.get_hashval()[1] == b.inputs.get_hashval()[1]
+    c = SyNRegistration(reference_file=__file__, moving_file=__file__, level_iters=[1])
+    assert a.inputs.get_hashval()[1] != c.inputs.get_hashval()[1]
+    for iface in (AffinePrealign, ApplyRegistration):
+        assert iface.input_spec().trait("num_threads").nohash
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_apply_registration(data, registered, tmp_path, direction):
+    syn = registered["syn"].outputs
+    if direction == "forward":  # b0-space mask -> reference grid
+        in_file, grid = registered["mov_mask"].outputs.out_mask, data["ref"]
+    else:  # reference mask -> b0 grid
+        in_file, grid = registered["ref_mask"].outputs.out_mask, data["dwi"]
+    res = _run(ApplyRegistration(in_file=in_file, mapping_file=syn.out_mapping,
+                                 direction=direction, interpolation="nearest"), tmp_path)
+    out = nib.load(res.outputs.out_file)
+    assert out.shape == nib.load(grid).shape[:3]
+    np.testing.assert_allclose(out.affine, nib.load(grid).affine, atol=1e-5)
+    vals = np.asanyarray(out.dataobj)
+    assert vals.dtype == np.uint8 and set(np.unique(vals)) <= {0, 1} and vals.any()
+
+
+def test_apply_registration_linear_4d(data, registered, tmp_path):
+    syn = registered["syn"].outputs
+    res = _run(ApplyRegistration(in_file=str(data["dwi"]), mapping_file=syn.out_mapping),
+               tmp_path)
+    out = nib.load(res.outputs.out_file)
+    assert out.shape == nib.load(data["ref"]).shape + (6,)
+    assert out.get_data_dtype() == np.float32
+
+
+# ----------------------------------------------------------------------------- QC
+def test_reportlets_and_report(data, registered, tmp_path):
+    syn = registered["syn"].outputs
+    res = _run(RegistrationReportlets(
+        b0_file=registered["b0"].outputs.out_file,
+        mask_file=registered["mov_mask"].outputs.out_mask,
+        reference_file=registered["ref_mask"].outputs.out_file,
+        reference_mask=registered["ref_mask"].outputs.out_mask,
+        unaligned_file=syn.out_unaligned, affine_file=registered["affine"].outputs.out_file,
+        warped_file=syn.out_file, mapping_file=syn.out_mapping, series_name="sub-01_dwi",
+        qc=syn.qc, parameters={"syn": CHEAP}), tmp_path / "figs")
+    assert len(res.outputs.out_figures) == len(res.outputs.out_descs) == 8
+    assert all(Path(f).stat().st_size > 1000 for f in res.outputs.out_figures)
+    record = json.loads(Path(res.outputs.out_series).read_text())
+    assert record["status"] == "ok" and record["qc"]["cc_syn"] == syn.qc["cc_syn"]
+    rep = _run(QCReport(subject="01", in_series=[res.outputs.out_series]), tmp_path / "rep")
+    html = Path(rep.outputs.out_report).read_text()
+    assert "sub-01" in html and "<svg" in html

@@ -1,0 +1,124 @@
+"""Workflow factories: structure, resource declarations, and one real run (Linear)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+from nipype.pipeline import engine as pe
+
+from synflow.cli._testing import make_small_bids, make_small_reference
+from synflow.workflows import (
+    DWISeries,
+    Reference,
+    init_dwi_derivatives_wf,
+    init_dwi_registration_wf,
+    init_reference_wf,
+    init_single_subject_wf,
+    init_synflow_wf,
+    workflow_name,
+)
+
+CHEAP = {"level_iters": [2, 2, 0], "cc_radius": 2, "inv_iter": 5}
+
+
+def test_top_workflow_is_versioned():
+    import synflow
+
+    major, minor = synflow.__version__.split(".")[:2]
+    assert workflow_name() == f"synflow_{major}_{minor}_wf"
+    wf = init_synflow_wf({}, output_dir="/tmp/x")
+    assert wf.name == workflow_name()
+
+
+def test_dwi_registration_wf_structure():
+    wf = init_dwi_registration_wf(syn=CHEAP, omp_nthreads=3, b0_threshold=80)
+    names = set(wf.list_node_names())
+    assert {"inputnode", "outputnode", "extract_b0", "median_otsu", "affine_prealign", "syn",
+            "b0_to_reference", "reportlets"} <= names
+    assert set(wf.get_node("inputnode").inputs.copyable_trait_names()) == {
+        "dwi_file", "bval_file", "reference", "reference_mask"}
+    syn = wf.get_node("syn")
+    assert syn.n_procs == 3 and syn.mem_gb >= 0.3
+    assert syn.inputs.level_iters == [2, 2, 0] and syn.inputs.num_threads == 3
+    assert wf.get_node("extract_b0").inputs.b0_threshold == 80
+    for name in names - {"inputnode", "outputnode"}:
+        assert wf.get_node(name).mem_gb > 0.05, name
+    with pytest.raises(ValueError, match="unknown SyN setting"):
+        init_dwi_registration_wf(syn={"radius": 3})
+    assert "reportlets" not in init_dwi_registration_wf(reportlets=False).list_node_names()
+
+
+def test_series_names_are_nipype_safe():
+    s = DWISeries("/d/sub-01/ses-A/dwi/sub-01_ses-A_acq-hi_run-2_dwi.nii.gz", "x.bval")
+    assert s.subject == "01" and s.name == "sub-01_ses-A_acq-hi_run-2_dwi"
+    assert s.wf_name == "dwi_ses_A_acq_hi_run_2_wf"
+    assert DWISeries("/d/sub-01/dwi/sub-01_dwi.nii.gz", "x.bval").wf_name == "dwi_wf"
+
+
+def test_reference_kinds(tmp_path):
+    from synflow.data import TEMPLATE_SPACE
+
+    ref = Reference()
+    assert ref.space == TEMPLATE_SPACE and Path(ref.image).exists() and Path(ref.mask).exists()
+    assert "apply_mask" in init_reference_wf(ref).list_node_names()
+    make_small_reference(tmp_path / "r.nii.gz")
+    img = Reference(kind="image", image=str(tmp_path / "r.nii.gz"))
+    assert img.space == "custom"
+    assert "median_otsu" in init_reference_wf(img).list_node_names()
+    bids = make_small_bids(tmp_path / "bids", subjects=("01",))
+    dwi = bids / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+    part = Reference(kind="participant", participant="01", dwi_file=str(dwi),
+                     bval_file=str(dwi).replace(".nii.gz", ".bval"))
+    assert part.space == "sub01"
+    assert "extract_b0" in init_reference_wf(part).list_node_names()
+    with pytest.raises(ValueError):
+        Reference(kind="group")
+
+
+def test_crash_folders_per_participant(tmp_path):
+    series = [DWISeries(str(tmp_path / "sub-01/dwi/sub-01_dwi.nii.gz"), "b")]
+    wf = init_synflow_wf({"01": series}, output_dir=str(tmp_path),
+                         crashdump_dirs={"01": str(tmp_path / "crash")})
+    sub = wf.get_node("sub_01_wf")
+    node = sub.get_node("dwi_wf.syn")
+    assert node.config["execution"]["crashdump_dir"] == str(tmp_path / "crash")
+    assert isinstance(sub.get_node("ds_wf.ds_fwd_xfm"), pe.Node)
+
+
+def test_use_in_a_pipeline(tmp_path):
+    """Connect the factories into one's own workflow and run it (Linear plugin)."""
+    bids = make_small_bids(tmp_path / "bids", subjects=("01",), seed=2)
+    ref = make_small_reference(tmp_path / "ref.nii.gz")
+    dwi = bids / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+    reference = Reference(kind="image", image=str(ref), space="small")
+    wf = pe.Workflow(name="mine", base_dir=str(tmp_path / "work"))
+    ref_wf = init_reference_wf(reference)
+    sub_wf = init_single_subject_wf("01", [DWISeries(str(dwi), str(dwi).replace(
+        ".nii.gz", ".bval"))], output_dir=str(tmp_path / "out"), reference=reference,
+        bids_dir=str(bids), syn=CHEAP, reportlets=False)
+    wf.connect([(ref_wf, sub_wf, [("outputnode.reference", "inputnode.reference"),
+                                  ("outputnode.reference_mask", "inputnode.reference_mask")])])
+    wf.run(plugin="Linear")
+    out = tmp_path / "out" / "sub-01" / "dwi"
+    warped = nib.load(out / "sub-01_space-small_desc-b0_dwiref.nii.gz")
+    assert warped.shape == nib.load(ref).shape
+    meta = json.loads((out / "sub-01_desc-b0_dwiref.json").read_text())
+    assert meta["Sources"] == ["bids:raw:sub-01/dwi/sub-01_dwi.nii.gz",
+                               "bids:raw:sub-01/dwi/sub-01_dwi.bval"]
+    meta = json.loads((out / "sub-01_from-dwiref_to-small_mode-image_xfm.json").read_text())
+    assert meta["Sources"] == ["bids::sub-01/dwi/sub-01_desc-b0_dwiref.nii.gz",
+                               "bids::sub-01/dwi/sub-01_desc-brain_mask.nii.gz"]
+    assert set(meta["QC"]) >= {"cc_syn", "folding_percent", "ice_mean_mm"}
+    assert not (tmp_path / "out" / "sub-01" / "figures").exists()
+
+
+def test_derivatives_wf_names(tmp_path):
+    wf = init_dwi_derivatives_wf(output_dir=str(tmp_path), space="MNI152NLin2009aSym",
+                                 source_file="/r/sub-01/ses-1/dwi/sub-01_ses-1_dwi.nii.gz")
+    fwd = wf.get_node("ds_fwd_xfm").inputs
+    assert (fwd.from_, fwd.to, fwd.mode, fwd.suffix) == ("dwiref", "MNI152NLin2009aSym",
+                                                          "image", "xfm")
+    assert wf.get_node("ds_fwd_xfm").run_without_submitting
