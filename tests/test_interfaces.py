@@ -155,6 +155,29 @@ def test_median_otsu_and_apply_mask(registered, tmp_path):
     assert np.all(out[mask == 0] == 0)
 
 
+def test_apply_mask_dilation_in_mm(tmp_path):
+    # one voxel grown by 2 mm on a 1 x 1 x 2 mm grid: the voxels within an ellipsoid
+    # |di|^2 + |dj|^2 + (2 dk)^2 <= 4, i.e. 13 in the centre plane + 1 + 1 at dk = +-1
+    data = np.arange(1, 9 * 9 * 5 + 1, dtype=np.float32).reshape(9, 9, 5)
+    mask = np.zeros(data.shape, np.uint8)
+    mask[4, 4, 2] = 1
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(data, aff), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(mask, aff), tmp_path / "mask.nii.gz")
+    res = _run(ApplyMask(in_file=str(tmp_path / "img.nii.gz"),
+                         in_mask=str(tmp_path / "mask.nii.gz"), dilation_mm=2.0),
+               tmp_path / "run")
+    out = np.asanyarray(nib.load(res.outputs.out_file).dataobj)
+    kept = out > 0
+    assert kept.sum() == 13 + 1 + 1
+    assert kept[4, 4, 2] and kept[6, 4, 2] and kept[4, 4, 3] and not kept[4, 4, 4]
+    np.testing.assert_array_equal(out[kept], data[kept])
+    with pytest.raises(ValueError, match="dilation_mm must be >= 0"):
+        _run(ApplyMask(in_file=str(tmp_path / "img.nii.gz"),
+                       in_mask=str(tmp_path / "mask.nii.gz"), dilation_mm=-1.0),
+             tmp_path / "bad")
+
+
 # ----------------------------------------------------------------------------- registration
 def test_affine_prealign(data, registered):
     res = registered["affine"]

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import synflow
 from synflow.cli.errors import ExitCode
-from synflow.workflows.dwi import DEFAULT_SYN
+from synflow.workflows.dwi import DEFAULT_MASK_DILATION_MM, DEFAULT_SYN
 
 DESCRIPTION = f"""\
 synflow {synflow.__version__}: register the mean b0 of every DWI series of a BIDS dataset
@@ -89,6 +89,16 @@ def _nonneg_int(value: str) -> int:
     return out
 
 
+def _nonneg_float(value: str) -> float:
+    try:
+        out = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if not (out >= 0 and out < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value!r}")
+    return out
+
+
 def _positive_float(value: str) -> float:
     try:
         out = float(value)
@@ -156,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--level-iters", type=_nonneg_int, nargs="+", metavar="N",
                    default=DEFAULT_SYN["level_iters"],
                    help="SyN iterations per scale, coarsest first (default %(default)s)")
+    g.add_argument("--syn-mask-dilation", type=_nonneg_float, metavar="MM",
+                   default=DEFAULT_MASK_DILATION_MM,
+                   help="SyN sees the b0 and the reference masked by their brain masks grown "
+                        "by MM mm (default %(default)s; 0 = skull-stripped exactly at the "
+                        "mask, as DIPY's tutorial)")
     g.add_argument("--cc-radius", type=_positive_int, default=DEFAULT_SYN["cc_radius"],
                    help="CC metric radius in voxels (default %(default)s)")
     g.add_argument("--sigma-diff", type=_positive_float, default=DEFAULT_SYN["sigma_diff"],

@@ -330,7 +330,8 @@ def _run_workflow(opts, todo, reference, ref_voxels, bids_dir, output_dir, work_
     wf = init_synflow_wf(
         todo, output_dir=str(output_dir), reference=reference, bids_dir=str(bids_dir),
         b0_threshold=opts.b0_threshold, syn=_syn_options(opts), omp_nthreads=omp_nthreads,
-        ref_voxels=ref_voxels, reportlets=opts.reports, crashdump_dirs=crash_dirs)
+        ref_voxels=ref_voxels, reportlets=opts.reports,
+        mask_dilation_mm=opts.syn_mask_dilation, crashdump_dirs=crash_dirs)
     wf.base_dir = str(work_dir)
     execution = {
         "crashfile_format": "txt",

@@ -142,9 +142,22 @@ class MedianOtsu(SimpleInterface):
         return runtime
 
 
+def dilate_mask_mm(mask: np.ndarray, voxel_sizes, distance_mm: float) -> np.ndarray:
+    """Voxels within ``distance_mm`` (Euclidean, mm) of ``mask``; voxel sizes in mm."""
+    from scipy import ndimage as ndi
+
+    if not mask.any():
+        return mask
+    dist = ndi.distance_transform_edt(~mask, sampling=[float(z) for z in voxel_sizes])
+    return dist <= distance_mm
+
+
 class _ApplyMaskInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="3-D image")
     in_mask = File(exists=True, mandatory=True, desc="binary mask on the same grid")
+    dilation_mm = traits.Float(0.0, usedefault=True,
+                               desc="grow the mask by this distance (mm, Euclidean, in the "
+                                    "image's voxel sizes) before applying it")
 
 
 class _ApplyMaskOutputSpec(TraitedSpec):
@@ -152,7 +165,13 @@ class _ApplyMaskOutputSpec(TraitedSpec):
 
 
 class ApplyMask(SimpleInterface):
-    """Zero the voxels outside a mask (e.g. skull-strip the bundled template)."""
+    """Zero the voxels outside a mask (e.g. skull-strip the bundled template).
+
+    With ``dilation_mm > 0`` the mask is first grown by that distance: SyN's inputs are
+    masked this way so that the cut lies in the CSF/skull around the brain of *both* images,
+    instead of at two median-Otsu boundaries that do not correspond (see
+    :func:`synflow.workflows.dwi.init_dwi_registration_wf`).
+    """
 
     input_spec = _ApplyMaskInputSpec
     output_spec = _ApplyMaskOutputSpec
@@ -164,6 +183,10 @@ class ApplyMask(SimpleInterface):
         if mask.shape != data.shape:
             raise ValueError(f"{self.inputs.in_mask}: mask shape {mask.shape} does not match "
                              f"{self.inputs.in_file} {data.shape}")
+        if self.inputs.dilation_mm < 0:
+            raise ValueError(f"dilation_mm must be >= 0, got {self.inputs.dilation_mm}")
+        if self.inputs.dilation_mm > 0:
+            mask = dilate_mask_mm(mask, img.header.get_zooms()[:3], self.inputs.dilation_mm)
         out = save_like(np.where(mask, data, 0), img,
                         out_name(self.inputs.in_file, "_brain", runtime.cwd))
         self._results["out_file"] = out

@@ -218,7 +218,8 @@ def itk_transform_chain(
 
 
 def _h5_string(group: h5py.Group, name: str, value: str) -> None:
-    group.create_dataset(name, data=[value.encode("ascii")], dtype=h5py.string_dtype("ascii"))
+    group.create_dataset(name, data=[value.encode("ascii")], dtype=h5py.string_dtype("ascii"),
+                         track_times=False)
 
 
 def _pull_points(chain: list[tuple], x: np.ndarray) -> np.ndarray:
@@ -326,8 +327,9 @@ def write_itk_composite(
                 lps = field * np.array([-1.0, -1.0, 1.0], dtype=np.float32)
                 params = np.moveaxis(lps, -1, 0).ravel(order="F")
             _h5_string(sub, "TransformType", ttype)
-            sub.create_dataset("TransformFixedParameters", data=fixed.astype(np.float64))
-            sub.create_dataset("TransformParameters", data=params)
+            sub.create_dataset("TransformFixedParameters", data=fixed.astype(np.float64),
+                              track_times=False)
+            sub.create_dataset("TransformParameters", data=params, track_times=False)
     return path
 
 

@@ -14,6 +14,7 @@ import synflow
 from synflow.interfaces.bids import bids_uri, parse_entities, split_ext
 from synflow.workflows.dwi import (
     DEFAULT_MASK,
+    DEFAULT_MASK_DILATION_MM,
     TEMPLATE_VOXELS,
     estimate_mem_gb,
     init_dwi_derivatives_wf,
@@ -73,6 +74,7 @@ def init_single_subject_wf(
     omp_nthreads: int = 1,
     ref_voxels: int = TEMPLATE_VOXELS,
     reportlets: bool = True,
+    mask_dilation_mm: float = DEFAULT_MASK_DILATION_MM,
     name: str | None = None,
 ) -> pe.Workflow:
     """Process every DWI series of one participant (registration + derivatives).
@@ -85,7 +87,7 @@ def init_single_subject_wf(
     Inputs (``inputnode``)
     ----------------------
     reference, reference_mask
-        Skull-stripped reference and its mask (from :func:`init_reference_wf`).
+        Reference and its mask (from :func:`init_reference_wf`, same ``mask_dilation_mm``).
 
     Outputs: none; everything is written to ``output_dir`` by the sinks.
     """
@@ -98,13 +100,14 @@ def init_single_subject_wf(
                         name="inputnode")
     syn_params = syn_settings(syn)
     parameters = {"B0Threshold": b0_threshold, "MedianOtsu": dict(DEFAULT_MASK),
-                  "SyN": syn_params, "Reference": reference.describe()}
+                  "SyN": syn_params, "SyNMaskDilationMM": float(mask_dilation_mm),
+                  "Reference": reference.describe()}
     metadata = {"Parameters": parameters, "SoftwareVersions": software_versions()}
     for item in series:
         reg_wf = init_dwi_registration_wf(
             b0_threshold=b0_threshold, syn=syn_params, omp_nthreads=omp_nthreads,
             mem_gb=estimate_mem_gb(ref_voxels, item.nbytes), series_name=item.name,
-            reportlets=reportlets, name=item.wf_name)
+            reportlets=reportlets, mask_dilation_mm=mask_dilation_mm, name=item.wf_name)
         reg_wf.inputs.inputnode.dwi_file = item.dwi_file
         reg_wf.inputs.inputnode.bval_file = item.bval_file
         sources = [bids_uri(item.dwi_file, bids_dir), bids_uri(item.bval_file, bids_dir)]
@@ -135,6 +138,7 @@ def init_synflow_wf(
     omp_nthreads: int = 1,
     ref_voxels: int = TEMPLATE_VOXELS,
     reportlets: bool = True,
+    mask_dilation_mm: float = DEFAULT_MASK_DILATION_MM,
     crashdump_dirs: Mapping[str, str] | None = None,
     name: str | None = None,
 ) -> pe.Workflow:
@@ -150,7 +154,7 @@ def init_synflow_wf(
         What to register to (default: the bundled MNI152NLin2009aSym b0 template).
     bids_dir
         Raw dataset root, to write ``Sources`` as ``bids:raw:...`` URIs.
-    b0_threshold, syn, omp_nthreads
+    b0_threshold, syn, omp_nthreads, mask_dilation_mm
         See :func:`~synflow.workflows.dwi.init_dwi_registration_wf`.
     ref_voxels
         Voxels of the reference grid (memory declarations).
@@ -165,14 +169,15 @@ def init_synflow_wf(
     """
     reference = reference or Reference()
     workflow = pe.Workflow(name=name or workflow_name())
-    ref_wf = init_reference_wf(reference, omp_nthreads=omp_nthreads)
+    ref_wf = init_reference_wf(reference, omp_nthreads=omp_nthreads,
+                               mask_dilation_mm=mask_dilation_mm)
     for label, series in participants.items():
         if not series:
             continue
         sub_wf = init_single_subject_wf(
             label, series, output_dir=output_dir, reference=reference, bids_dir=bids_dir,
             b0_threshold=b0_threshold, syn=syn, omp_nthreads=omp_nthreads,
-            ref_voxels=ref_voxels, reportlets=reportlets)
+            ref_voxels=ref_voxels, reportlets=reportlets, mask_dilation_mm=mask_dilation_mm)
         if crashdump_dirs and label in crashdump_dirs:
             # Nipype 1.11 does not pass a sub-workflow's config down to its nodes (only
             # the top workflow's), so each node of the participant gets its crash folder

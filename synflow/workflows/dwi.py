@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 
 from synflow.interfaces import (
     AffinePrealign,
+    ApplyMask,
     ApplyRegistration,
     DerivativesDataSink,
     ExtractB0,
@@ -27,6 +28,8 @@ DEFAULT_SYN: dict[str, Any] = {
 }
 #: median-Otsu settings (DIPY's tutorial values).
 DEFAULT_MASK: dict[str, Any] = {"median_radius": 4, "numpass": 4}
+#: Margin (mm) added around both brain masks for SyN's inputs (see init_dwi_registration_wf).
+DEFAULT_MASK_DILATION_MM: float = 6.0
 
 #: Voxels of the bundled 2 mm template grid (98 x 116 x 94), the default reference.
 TEMPLATE_VOXELS = 98 * 116 * 94
@@ -78,6 +81,7 @@ def init_dwi_registration_wf(
     mem_gb: Mapping[str, float] | None = None,
     series_name: str = "dwi",
     reportlets: bool = True,
+    mask_dilation_mm: float = DEFAULT_MASK_DILATION_MM,
     name: str = "dwi_registration_wf",
 ) -> pe.Workflow:
     """Register the mean b0 of one DWI series to a reference with affine + SyN.
@@ -105,13 +109,23 @@ def init_dwi_registration_wf(
         Name of the series in the QC report.
     reportlets
         Also draw the QC figures (``RegistrationReportlets``).
+    mask_dilation_mm
+        SyN sees the mean b0 masked by its median-Otsu mask grown by this distance (mm);
+        give the reference the same treatment (:func:`~synflow.workflows.reference.
+        init_reference_wf` with the same value).  0 = skull-stripped exactly at the mask,
+        as in DIPY's tutorial.  Why not 0: the two masks' borders do not correspond, and SyN
+        then spends its effort matching two artificial edges; a margin of ~6 mm puts the
+        cut in the CSF/skull of both images (on the demo dataset: end-point error 1.41 ->
+        1.12 mm and 1.86 -> 1.22 mm, as good as registering the whole heads).  The affine
+        step always uses the exact masks.
 
     Inputs (``inputnode``)
     ----------------------
     dwi_file, bval_file
         The 4-D DWI series and its ``.bval``.
     reference, reference_mask
-        The (skull-stripped) reference image and its brain mask.
+        The reference image, masked by its brain mask grown by ``mask_dilation_mm``
+        (``init_reference_wf``'s ``reference``), and its brain mask.
 
     Outputs (``outputnode``)
     ------------------------
@@ -140,6 +154,8 @@ def init_dwi_registration_wf(
     extract_b0 = pe.Node(ExtractB0(b0_threshold=b0_threshold), name="extract_b0",
                          mem_gb=mem["b0"])
     skullstrip = pe.Node(MedianOtsu(**mask_params), name="median_otsu", mem_gb=mem["mask"])
+    syn_input = pe.Node(ApplyMask(dilation_mm=mask_dilation_mm), name="syn_input",
+                        mem_gb=mem["mask"])
     prealign = pe.Node(AffinePrealign(num_threads=omp_nthreads), name="affine_prealign",
                        n_procs=omp_nthreads, mem_gb=mem["affine"])
     syn_node = pe.Node(SyNRegistration(num_threads=omp_nthreads, **syn_params),
@@ -158,7 +174,9 @@ def init_dwi_registration_wf(
         (skullstrip, prealign, [("out_file", "moving_file"), ("out_mask", "moving_mask")]),
         (inputnode, syn_node, [("reference", "reference_file"),
                                ("reference_mask", "reference_mask")]),
-        (skullstrip, syn_node, [("out_file", "moving_file")]),
+        (extract_b0, syn_input, [("out_file", "in_file")]),
+        (skullstrip, syn_input, [("out_mask", "in_mask")]),
+        (syn_input, syn_node, [("out_file", "moving_file")]),
         (prealign, syn_node, [("out_matrix", "prealign_file")]),
         (extract_b0, b0_to_ref, [("out_file", "in_file")]),
         (syn_node, b0_to_ref, [("out_mapping", "mapping_file")]),

@@ -9,6 +9,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from synflow.interfaces import ApplyMask, ExtractB0, MedianOtsu
+from synflow.workflows.dwi import DEFAULT_MASK_DILATION_MM
 
 
 @dataclass
@@ -65,29 +66,32 @@ class Reference:
 
 
 def init_reference_wf(reference: Reference, *, omp_nthreads: int = 1,
+                      mask_dilation_mm: float = DEFAULT_MASK_DILATION_MM,
                       name: str = "reference_wf") -> pe.Workflow:
-    """Prepare the skull-stripped reference image and its brain mask.
+    """Prepare the reference image and its brain mask.
 
-    * template: bundled b0-like template masked with its bundled brain mask;
-    * image: median-Otsu on the given image (or its ``mask`` if one is given);
+    * template: bundled b0-like template and its bundled brain mask;
+    * image: the given image and median-Otsu's mask of it (or its ``mask`` if one is given);
     * participant: mean b0 of that participant's series (``ExtractB0``), median-Otsu.
 
-    Skull-stripping both images is what DIPY's SyN tutorial does before registering two
-    subjects' b0s; the b0s are skull-stripped the same way in
-    :func:`~synflow.workflows.dwi.init_dwi_registration_wf`.
+    The image is then masked by the brain mask grown by ``mask_dilation_mm`` (0 = exactly
+    skull-stripped, as in DIPY's tutorial).  The b0s get the same treatment in
+    :func:`~synflow.workflows.dwi.init_dwi_registration_wf`: use the same value there.
 
     Inputs: none (everything comes from ``reference``).
 
     Outputs (``outputnode``)
     ------------------------
     reference
-        Skull-stripped reference image.
+        Reference image masked by its brain mask grown by ``mask_dilation_mm``.
     reference_mask
-        Its brain mask.
+        Its brain mask (not grown).
     """
     workflow = pe.Workflow(name=name)
     outputnode = pe.Node(niu.IdentityInterface(fields=["reference", "reference_mask"]),
                          name="outputnode")
+    apply = pe.Node(ApplyMask(dilation_mm=mask_dilation_mm), name="apply_mask", mem_gb=0.3)
+    workflow.connect([(apply, outputnode, [("out_file", "reference")])])
     if reference.kind == "participant":
         b0 = pe.Node(ExtractB0(in_file=reference.dwi_file, in_bval=reference.bval_file,
                                b0_threshold=reference.b0_threshold), name="extract_b0",
@@ -95,17 +99,18 @@ def init_reference_wf(reference: Reference, *, omp_nthreads: int = 1,
         strip = pe.Node(MedianOtsu(), name="median_otsu", mem_gb=0.3)
         workflow.connect([
             (b0, strip, [("out_file", "in_file")]),
-            (strip, outputnode, [("out_file", "reference"), ("out_mask", "reference_mask")]),
+            (b0, apply, [("out_file", "in_file")]),
+            (strip, apply, [("out_mask", "in_mask")]),
+            (strip, outputnode, [("out_mask", "reference_mask")]),
         ])
     elif reference.mask:
-        apply = pe.Node(ApplyMask(in_file=str(Path(reference.image).absolute()),
-                                  in_mask=str(Path(reference.mask).absolute())),
-                        name="apply_mask", mem_gb=0.3)
-        workflow.connect([(apply, outputnode, [("out_file", "reference")])])
+        apply.inputs.in_file = str(Path(reference.image).absolute())
+        apply.inputs.in_mask = str(Path(reference.mask).absolute())
         outputnode.inputs.reference_mask = str(Path(reference.mask).absolute())
     else:
-        strip = pe.Node(MedianOtsu(in_file=str(Path(reference.image).absolute())),
-                        name="median_otsu", mem_gb=0.3)
-        workflow.connect([(strip, outputnode, [("out_file", "reference"),
-                                               ("out_mask", "reference_mask")])])
+        image = str(Path(reference.image).absolute())
+        strip = pe.Node(MedianOtsu(in_file=image), name="median_otsu", mem_gb=0.3)
+        apply.inputs.in_file = image
+        workflow.connect([(strip, apply, [("out_mask", "in_mask")]),
+                          (strip, outputnode, [("out_mask", "reference_mask")])])
     return workflow
