@@ -293,3 +293,29 @@ def test_2d_cc_registration_reduces_ssd():
     before = ((t1 - moving) ** 2).sum()
     after = ((t1 - m.transform(moving)) ** 2).sum()
     assert after < 0.1 * before
+
+
+def test_cc_steps_equal_dipy():
+    """CCMetric's forward/backward steps and energy equal DIPY's (voxel grid = mm grid)."""
+    dipy_metrics = pytest.importorskip("dipy.align.metrics")
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    shape = (24, 26, 22)
+    imgs = []
+    for _ in range(2):
+        a = ndi.gaussian_filter(rng.random(shape), 2)
+        imgs.append(((a - a.min()) / (a.max() - a.min())).astype(np.float32))
+    static, moving = imgs
+    ref = dipy_metrics.CCMetric(3, sigma_diff=2.0, radius=4)
+    ref.set_static_image(static, np.eye(4), np.ones(3), np.eye(4))
+    ref.set_moving_image(moving, np.eye(4), np.ones(3), np.eye(4))
+    ref.initialize_iteration()
+    fw_ref = np.asarray(ref.compute_forward())
+    bw_ref = np.asarray(ref.compute_backward())
+    fw, bw, energy = CCMetric(3, sigma_diff=2.0, radius=4).compute_steps(static, moving,
+                                                                          np.eye(3))
+    scale = np.abs(fw_ref).max()
+    np.testing.assert_allclose(np.moveaxis(fw, 0, -1), fw_ref, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(np.moveaxis(bw, 0, -1), bw_ref, rtol=0, atol=1e-6 * scale)
+    assert energy == pytest.approx(ref.get_energy(), rel=1e-6)
