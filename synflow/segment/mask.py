@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .._parallel import run_slabs, run_tasks
-from .threshold import otsu_from_edges
+from .threshold import check_real_image, otsu_from_edges
 
 __all__ = ["median_otsu", "multi_median", "median_filter_codes", "applymask"]
 
@@ -225,21 +225,8 @@ def median_filter_codes(codes: np.ndarray, median_radius: int, numpass: int = 1,
 # Public DIPY-compatible functions
 # --------------------------------------------------------------------------------------------
 def _check_numeric(arr: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        if bad:
-            raise ValueError(
-                f"{name} has {bad} non-finite (NaN/inf) voxels out of {arr.size}; "
-                "replace them (e.g. np.nan_to_num) before masking"
-            )
-    return arr
+    return check_real_image(arr, name, empty_prefix="",
+                            fix="; replace them (e.g. np.nan_to_num) before masking")
 
 
 def _check_radius_passes(median_radius: int, numpass: int) -> tuple[int, int]:
@@ -509,10 +496,6 @@ def median_otsu(input_volume: np.ndarray, vol_idx: Sequence[int] | None = None,
     vol = np.asarray(input_volume)
     if vol.ndim == 4 and vol.shape[3] == 0:
         raise ValueError(f"input_volume has no volumes (shape {vol.shape})")
-    if vol.dtype == np.bool_:
-        vol = vol.astype(np.uint8)
-    if not (np.issubdtype(vol.dtype, np.integer) or np.issubdtype(vol.dtype, np.floating)):
-        raise ValueError(f"input_volume must be a real numeric array, got dtype {vol.dtype}")
     if vol.size == 0:
         raise ValueError(f"no threshold: input_volume is empty (shape {vol.shape})")
     b0 = _check_numeric(_mean_volume(vol, vol_idx),

@@ -114,18 +114,36 @@ def image_histogram(image: np.ndarray, nbins: int = 256) -> tuple[np.ndarray, np
     return counts, (edges[:-1] + edges[1:]) / 2.0
 
 
-def _check_image(image: np.ndarray, name: str) -> np.ndarray:
+def check_real_image(image: np.ndarray, name: str, empty_prefix: str = "no threshold: ",
+                     fix: str = "") -> np.ndarray:
+    """``image`` as a non-empty, finite, real (integer or floating) array, else ValueError.
+
+    Booleans become ``uint8``.  Messages name the input (``name``); ``fix`` is appended to
+    the non-finite message.
+    """
     image = np.asarray(image)
     if image.dtype == np.bool_:
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise ValueError(f"{name} must be a real numeric array, got dtype {image.dtype}")
     if image.size == 0:
-        raise ValueError(f"no threshold: {name} is empty (shape {image.shape})")
+        raise ValueError(f"{empty_prefix}{name} is empty (shape {image.shape})")
     if np.issubdtype(image.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(image)))
         if bad:
-            raise ValueError(f"no threshold: {name} has {bad} non-finite (NaN/inf) voxels")
+            raise ValueError(f"{empty_prefix}{name} has {bad} non-finite (NaN/inf) voxels out "
+                             f"of {image.size}{fix}")
+    return image
+
+
+def _thresholdable(image: np.ndarray, nbins: int) -> np.ndarray:
+    """Checks shared by :func:`otsu` and :func:`threshold_otsu`."""
+    if int(nbins) < 2:
+        raise ValueError(f"nbins must be an integer >= 2, got {nbins!r}")
+    image = check_real_image(image, "image")
+    first = image.reshape(-1)[0]
+    if np.all(image == first):
+        raise ValueError(f"no threshold: image is constant (every voxel equals {first})")
     return image
 
 
@@ -150,12 +168,7 @@ def otsu(image: np.ndarray, *, nbins: int = 256) -> float:
     ValueError
         If ``image`` is empty, constant (no threshold exists) or holds NaN/inf.
     """
-    if int(nbins) < 2:
-        raise ValueError(f"nbins must be an integer >= 2, got {nbins!r}")
-    image = _check_image(image, "image")
-    first = image.reshape(-1)[0]
-    if np.all(image == first):
-        raise ValueError(f"no threshold: image is constant (every voxel equals {first})")
+    image = _thresholdable(image, nbins)
     counts, edges = np.histogram(image, int(nbins))
     return otsu_from_edges(counts, edges)
 
@@ -181,11 +194,6 @@ def threshold_otsu(image: np.ndarray, nbins: int = 256) -> float:
     ValueError
         If ``image`` is empty, constant (no threshold exists) or holds NaN/inf.
     """
-    if int(nbins) < 2:
-        raise ValueError(f"nbins must be an integer >= 2, got {nbins!r}")
-    image = _check_image(image, "image")
-    first = image.reshape(-1)[0]
-    if np.all(image == first):
-        raise ValueError(f"no threshold: image is constant (every voxel equals {first})")
+    image = _thresholdable(image, nbins)
     counts, centers = image_histogram(image, int(nbins))
     return otsu_from_histogram(counts, centers)
