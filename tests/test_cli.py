@@ -275,3 +275,19 @@ def test_demo(tmp_path, capsys):
               if ln.strip().startswith("sub-") and " mean " in ln]
     assert len(errors) == 4 and max(errors) < 4.0
     assert len(list((tmp_path / "demo" / "derivatives").glob("sub-*.html"))) == 3
+
+
+def test_error_message_innermost_and_oom_hint():
+    from synflow.cli.progress import OOM_HINT, error_message
+
+    tb = ("Traceback (most recent call last):\n  File 'x.py', line 1\n"
+          "nipype.pipeline.engine.nodes.NodeExecutionError: Exception raised\n"
+          "ValueError: DWI file sub-01_dwi.nii.gz has 5 b-values but 6 volumes\n")
+    expected = "ValueError: DWI file sub-01_dwi.nii.gz has 5 b-values but 6 volumes"
+    assert error_message(tb) == expected
+    killed = ("Traceback (most recent call last):\n"
+              "concurrent.futures.process.BrokenProcessPool: A process in the process pool was "
+              "terminated abruptly while the future was running or pending.\n")
+    msg = error_message(killed)
+    assert msg.startswith("BrokenProcessPool: A process in the process pool")
+    assert msg.endswith(f"({OOM_HINT})")

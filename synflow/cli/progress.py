@@ -142,10 +142,29 @@ def short_series_name(series: str, participant: str) -> str:
     return out or "dwi"
 
 
+#: Signs that a worker was killed, nearly always by the kernel's out-of-memory killer.
+_KILLED = re.compile(r"BrokenProcessPool|MemoryError|Killed|SIGKILL|signal 9|exit code -9")
+OOM_HINT = ("the process was killed, most likely out of memory: run fewer steps at once "
+            "(lower --nprocs), give the job more memory, or set --mem to what the machine "
+            "really has")
+
+
 def error_message(traceback_text: str) -> str:
-    """The innermost ``SomeError: message`` of a (Nipype) traceback, without the class path."""
+    """The innermost ``SomeError: message`` of a (Nipype) traceback, without the class path.
+
+    A worker killed by the system (out of memory) gets :data:`OOM_HINT` appended, since
+    Nipype only reports a broken process pool or a bare ``Killed``.
+    """
+    message = _innermost_error(traceback_text)
+    if _KILLED.search(str(traceback_text)):
+        message = f"{message} ({OOM_HINT})"
+    return message
+
+
+def _innermost_error(traceback_text: str) -> str:
     lines = [ln.rstrip() for ln in str(traceback_text).splitlines() if ln.strip()]
-    pattern = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|error)):\s?(.*)$")
+    pattern = re.compile(
+        r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|error|BrokenProcessPool)):\s?(.*)$")
     for i in range(len(lines) - 1, -1, -1):
         match = pattern.match(lines[i].strip())
         if match and "NodeExecutionError" not in match.group(1):
