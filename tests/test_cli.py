@@ -291,3 +291,22 @@ def test_error_message_innermost_and_oom_hint():
     msg = error_message(killed)
     assert msg.startswith("BrokenProcessPool: A process in the process pool")
     assert msg.endswith(f"({OOM_HINT})")
+
+
+def test_non_blocking_plugin_says_submitted(bad_bids, small, tmp_path, capsys, monkeypatch):
+    """SLURMGraph & co. return once the jobs are queued: no summary of unfinished work."""
+    import synflow.cli.plugins as plugins
+    import synflow.cli.run as run_mod
+
+    calls = []
+    monkeypatch.setattr(plugins, "plugin_blocks", lambda plugin, args=None: False)
+    monkeypatch.setattr(run_mod, "_run_workflow", lambda *a, **k: calls.append(a) or None)
+    out_dir = tmp_path / "out"
+    code, out = run_cli([bad_bids, out_dir, "participant", "-w", tmp_path / "w",
+                         "--reference", small["ref"], "--participant-label", "01", *CHEAP],
+                        capsys)
+    assert code == 0, out
+    assert len(calls) == 1
+    assert "submitted to the scheduler" in out and "Summary" not in out
+    assert (out_dir / "dataset_description.json").exists()
+    assert not list(out_dir.glob("sub-*.html"))

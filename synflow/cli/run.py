@@ -168,7 +168,7 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     reference, ref_voxels = check_reference(opts)
     filters = load_filters(opts.bids_filter_file)
 
-    from synflow.cli.plugins import PluginError, resolve_plugin
+    from synflow.cli.plugins import PluginError, plugin_blocks, resolve_plugin
 
     try:
         plugin, plugin_args = resolve_plugin(opts.plugin, opts.plugin_args, opts.use_plugin,
@@ -241,25 +241,48 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     write_bidsignore(output_dir)
 
     progress = None
+    # SLURMGraph, SGEGraph, PBSGraph, CondorDAGMan: run() returns once the jobs are queued
+    submitted = False
     try:
         if todo:
             progress = _run_workflow(opts, todo, reference, ref_voxels, bids_dir, output_dir,
                                      work_dir, run_uuid, plugin, plugin_args, omp_nthreads,
                                      stream, t_start)
+            submitted = not plugin_blocks(plugin, plugin_args)
     finally:
-        outcomes += _collect(todo, progress, output_dir, run_uuid, reference, opts)
-        outcomes.sort(key=lambda o: (o.participant, o.series))
-        if opts.reference_participant:
-            outcomes.insert(0, SeriesOutcome(opts.reference_participant, reference.space,
-                                             "reference"))
-        run_info = {"run": run_uuid, "command": config["command"],
-                    "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "elapsed (s)": round(time.monotonic() - t_start, 1), "plugin": plugin,
-                    "threads per step": omp_nthreads, "reference": reference.describe(),
-                    "work directory": str(work_dir)}
-        reports = _write_reports(outcomes, todo, output_dir, run_info, opts, stream)
+        if not submitted:
+            code = _summarise(todo, progress, outcomes, output_dir, run_uuid, reference, opts,
+                              config, plugin, omp_nthreads, work_dir, bids_dir, stream,
+                              t_start)
+    if submitted:
         write_dataset_description(output_dir, bids_dir)
-        code = _finish(outcomes, reports, output_dir, run_uuid, stream, t_start)
+        print(f"\nThe workflow was submitted to the scheduler ({plugin}) as dependent jobs; "
+              f"outputs appear in {output_dir} as they finish.\nFor the summary table and the "
+              "HTML reports, run the same command again with --plugin MultiProc and the same "
+              "-w: every finished step is reused.", file=stream)
+        return int(ExitCode.OK)
+    return code
+
+
+def _summarise(todo, progress, outcomes, output_dir, run_uuid, reference, opts, config,
+               plugin, omp_nthreads, work_dir, bids_dir, stream, t_start) -> int:
+    """Collect the outcome of every series, write the reports, print the summary."""
+    from synflow.cli.outputs import write_dataset_description
+    from synflow.cli.progress import SeriesOutcome
+
+    outcomes += _collect(todo, progress, output_dir, run_uuid, reference, opts)
+    outcomes.sort(key=lambda o: (o.participant, o.series))
+    if opts.reference_participant:
+        outcomes.insert(0, SeriesOutcome(opts.reference_participant, reference.space,
+                                         "reference"))
+    run_info = {"run": run_uuid, "command": config["command"],
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "elapsed (s)": round(time.monotonic() - t_start, 1), "plugin": plugin,
+                "threads per step": omp_nthreads, "reference": reference.describe(),
+                "work directory": str(work_dir)}
+    reports = _write_reports(outcomes, todo, output_dir, run_info, opts, stream)
+    write_dataset_description(output_dir, bids_dir)
+    code = _finish(outcomes, reports, output_dir, run_uuid, stream, t_start)
     return code
 
 
