@@ -111,7 +111,7 @@ class _SyNInputSpec(BaseInterfaceInputSpec):
     prealign_file = File(exists=True, desc="4x4 prealign as text (AffinePrealign.out_matrix);"
                                            " identity if not given")
     reference_mask = File(exists=True, desc="brain mask on the reference grid (QC numbers)")
-    level_iters = traits.List(traits.Int, [10, 10, 5], usedefault=True, minlen=1,
+    level_iters = traits.List(traits.Int, [50, 50, 10], usedefault=True, minlen=1,
                               desc="iterations per scale, coarsest first")
     cc_radius = traits.Int(4, usedefault=True, desc="CCMetric radius (voxels)")
     sigma_diff = traits.Float(2.0, usedefault=True, desc="CCMetric smoothing of the update")
