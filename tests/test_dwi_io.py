@@ -129,6 +129,31 @@ def test_atomic_path_success_and_failure(tmp_path):
     assert split_ext("a/b.json") == ("a/b", ".json")
 
 
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    """Outputs are readable like any file the user writes (umask), not mkstemp's 0600."""
+    import os
+    import stat
+
+    from synflow.align import write_mapping
+    from synflow.align.imwarp import DiffeomorphicMap
+    from synflow.io.itk import write_itk_affine, write_itk_composite
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+        mapping = DiffeomorphicMap(3, (4, 4, 4), AFFINE, (4, 4, 4), AFFINE, (4, 4, 4), AFFINE)
+        mapping.allocate()
+        write_mapping(mapping, tmp_path / "map.nii.gz")
+        write_itk_composite(mapping, tmp_path / "xfm.h5")
+        write_itk_affine(np.eye(4), tmp_path / "aff.txt")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "map.nii.gz", "xfm.h5", "aff.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
+
+
 # ----------------------------------------------------------------------------- gradients
 def test_read_bvals_bvecs_fsl_and_transposed(tmp_path):
     bvals = np.array([0, 5, 1000, 1000, 2000.0])

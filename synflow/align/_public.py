@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 
+from synflow._atomic import atomic_path
+
 if TYPE_CHECKING:
     from synflow.align.imwarp import DiffeomorphicMap
 
@@ -129,7 +131,8 @@ def write_mapping(mapping: Any, fname: str | os.PathLike) -> None:
     img = nib.Nifti1Image(data, affine)
     meta = json.dumps({_META_KEY: _mapping_metadata(mapping)}, indent=1)
     img.header.extensions.append(nib.nifti1.Nifti1Extension(_ECODE, meta.encode("utf-8")))
-    nib.save(img, fname)
+    with atomic_path(fname) as tmp:
+        nib.save(img, str(tmp))
 
 
 def _read_metadata(img: nib.Nifti1Image) -> dict | None:

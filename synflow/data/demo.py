@@ -17,13 +17,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from synflow._atomic import atomic_path
 from synflow.data import TEMPLATE_SPACE
 from synflow.data import phantom as ph
 
@@ -66,10 +66,8 @@ pull_points_mm_on_reference_grid, session=..., run=...): mean / p95 of |estimate
 def _write_nifti_gz(img: nib.Nifti1Image, path: Path, level: int = 1) -> None:
     """Fast gzip (level 1) NIfTI writer; atomic (temp file + rename)."""
     data = gzip.compress(img.to_bytes(), compresslevel=level, mtime=0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _gradient_table(b0_values: tuple[float, ...], n_directions: int,

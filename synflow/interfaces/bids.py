@@ -21,9 +21,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,8 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+
+from synflow._atomic import atomic_path
 
 #: Entity order of the raw BIDS file name (subset relevant to DWI), then derivative
 #: entities in the order nipreps' ``nipreps.json`` patterns use.
@@ -131,26 +131,9 @@ def derivative_dir(base_directory: str | os.PathLike, source_file: str | os.Path
     return out / datatype
 
 
-@contextmanager
-def atomic_write(fname: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``fname``; ``os.replace`` it onto ``fname`` on success.
-
-    The temporary name keeps the final extension (nibabel picks the format from it)
-    and starts with ``.`` so a half-written file is hidden and never matches a
-    BIDS pattern.  On error the temporary file is removed.
-    """
-    fname = Path(fname)
-    fname.parent.mkdir(parents=True, exist_ok=True)
-    _, ext = split_ext(fname)
-    fd, tmp = tempfile.mkstemp(prefix=f".{fname.name}.", suffix=f".partial{ext}",
-                               dir=fname.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, fname)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Yield a temporary path next to a file and move it into place on success
+#: (:func:`synflow._atomic.atomic_path`).
+atomic_write = atomic_path
 
 
 def write_json_atomic(fname: str | os.PathLike, data: Mapping[str, Any]) -> Path:

@@ -12,14 +12,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from synflow._atomic import atomic_path, split_ext
 
 __all__ = [
     "NiftiError",
@@ -33,45 +32,6 @@ __all__ = [
 
 class NiftiError(ValueError, OSError):
     """A NIfTI file is missing, unreadable or truncated (message names the file)."""
-
-
-def split_ext(fname: str | os.PathLike) -> tuple[str, str]:
-    """``("dir/sub-01_dwi", ".nii.gz")`` for ``"dir/sub-01_dwi.nii.gz"`` (keeps ``.nii.gz``)."""
-    name = os.fspath(fname)
-    low = name.lower()
-    for ext in (".nii.gz", ".tar.gz"):
-        if low.endswith(ext):
-            return name[: -len(ext)], name[-len(ext):]
-    root, ext = os.path.splitext(name)
-    return root, ext
-
-
-@contextmanager
-def atomic_path(fname: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``fname``; move it onto ``fname`` when the block succeeds.
-
-    The temporary file lives in the destination directory (so ``os.replace`` is atomic on POSIX
-    and Windows), starts with ``.`` (hidden, never matches a BIDS pattern) and keeps the final
-    extension (``.nii.gz`` stays gzipped).  Parent directories are created.  If the block raises,
-    the temporary file is removed and ``fname`` is left untouched.
-
-    Example::
-
-        with atomic_path("out/sub-01_desc-b0_dwiref.nii.gz") as tmp:
-            nib.save(img, tmp)
-    """
-    dest = Path(fname)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _, ext = split_ext(dest.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".partial{ext}", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, dest)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_nifti(img: nib.spatialimages.SpatialImage, fname: str | os.PathLike) -> Path:

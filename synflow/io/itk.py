@@ -47,6 +47,8 @@ import numpy as np
 from scipy.io import savemat
 from scipy.ndimage import map_coordinates
 
+from synflow._atomic import atomic_path
+
 __all__ = [
     "bake_displacement",
     "itk_transform_chain",
@@ -98,25 +100,26 @@ def write_itk_affine(matrix_ras: Any, fname: str | os.PathLike) -> Path:
     matrix = _affine(matrix_ras, "matrix_ras")
     path = Path(fname)
     params = _itk_affine_parameters(matrix)
-    if path.suffix == ".mat":
-        savemat(
-            path,
-            {
-                "AffineTransform_double_3_3": params.reshape(12, 1),
-                "fixed": np.zeros((3, 1)),
-            },
-            format="4",
-        )
-    elif path.suffix in (".txt", ".tfm"):
-        path.write_text(
-            "#Insight Transform File V1.0\n"
-            "#Transform 0\n"
-            "Transform: AffineTransform_double_3_3\n"
-            f"Parameters: {' '.join(repr(float(p)) for p in params)}\n"
-            "FixedParameters: 0 0 0\n"
-        )
-    else:
+    if path.suffix not in (".mat", ".txt", ".tfm"):
         raise ValueError(f"fname must end with .txt, .tfm or .mat, got {os.fspath(fname)!r}")
+    with atomic_path(path) as tmp:
+        if path.suffix == ".mat":
+            savemat(
+                tmp,
+                {
+                    "AffineTransform_double_3_3": params.reshape(12, 1),
+                    "fixed": np.zeros((3, 1)),
+                },
+                format="4",
+            )
+        else:
+            tmp.write_text(
+                "#Insight Transform File V1.0\n"
+                "#Transform 0\n"
+                "Transform: AffineTransform_double_3_3\n"
+                f"Parameters: {' '.join(repr(float(p)) for p in params)}\n"
+                "FixedParameters: 0 0 0\n"
+            )
     return path
 
 
@@ -159,7 +162,8 @@ def write_itk_displacement(
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    nib.save(img, name)
+    with atomic_path(name) as tmp:
+        nib.save(img, str(tmp))
     return Path(name)
 
 
@@ -300,7 +304,7 @@ def write_itk_composite(
     chain, (_, ref_g2w), _ = itk_transform_chain(mapping, direction)
     if bake:
         chain = [("field", bake_displacement(mapping, direction)[0], ref_g2w)]
-    with h5py.File(path, "w") as h5:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         group = h5.create_group("TransformGroup")
         _h5_string(group.create_group("0"), "TransformType", "CompositeTransform_double_3_3")
         # ITK queue order: the last transform is applied first to the point
