@@ -310,3 +310,45 @@ def test_non_blocking_plugin_says_submitted(bad_bids, small, tmp_path, capsys, m
     assert "submitted to the scheduler" in out and "Summary" not in out
     assert (out_dir / "dataset_description.json").exists()
     assert not list(out_dir.glob("sub-*.html"))
+
+
+def test_check_series_uses_the_engine_b0_rule(tmp_path):
+    """b == threshold is a b0 (DIPY's rule, as the engine); a 2-row .bval fails early."""
+    import nibabel as nib
+    import numpy as np
+
+    from synflow.cli.bids import check_series
+    from synflow.interfaces.dwi import read_bval_count
+
+    dwi = tmp_path / "sub-01_dwi.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 4), np.float32), np.eye(4)), dwi)
+    bval = tmp_path / "sub-01_dwi.bval"
+    bval.write_text("50 50 1000 1000\n")
+    _, problem = check_series(None, str(dwi), 50.0)
+    assert problem is None
+    assert read_bval_count(str(bval), 50.0) == (4, 2)
+    _, problem = check_series(None, str(dwi), 49.0)
+    assert problem[1] == ExitCode.DATA_ERROR and "no b0 volume" in problem[0]
+    bval.write_text("0 50\n1000 1000\n")
+    _, problem = check_series(None, str(dwi), 50.0)
+    assert problem[1] == ExitCode.DATA_ERROR and "cannot read b-values" in problem[0]
+
+
+def test_outputs_of_an_earlier_run_are_not_this_runs_success(tmp_path):
+    """A series none of whose nodes ran in this run is 'not run', even if old files exist."""
+    from types import SimpleNamespace
+
+    from synflow.cli.run import _collect
+    from synflow.interfaces.bids import build_derivative_name
+    from synflow.workflows import DWISeries, Reference
+
+    dwi = tmp_path / "bids" / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+    out = tmp_path / "out"
+    old = out / "sub-01" / "dwi" / build_derivative_name(
+        dwi, "xfm", ".h5", from_="dwiref", to="MNI152NLin2009aSym", mode="image")
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"from an earlier run")
+    progress = SimpleNamespace(nodes={}, locate=lambda name: None)
+    todo = {"01": [DWISeries(dwi_file=str(dwi), bval_file=str(dwi).replace(".nii.gz", ".bval"))]}
+    (outcome,) = _collect(todo, progress, out, "run1", Reference(), SimpleNamespace())
+    assert outcome.status == "not run" and outcome.code == ExitCode.FAILURE

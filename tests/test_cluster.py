@@ -821,6 +821,7 @@ def test_outputs_identical_for_any_nprocs(
         proc = _run_cli([*args, "--reference", small_bids["ref"], *CHEAP, "--no-reports", *flags])
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         digests[name] = _tree_digest(out)
+        assert not list(out.glob("sub-*.html")), "--no-reports wrote an HTML report"
     first = digests["nprocs1_omp1"]
     for sub in ("01", "02"):
         assert any(n.startswith(f"sub-{sub}") and n.endswith("_xfm.h5") for n in first), first

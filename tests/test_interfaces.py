@@ -92,6 +92,11 @@ def test_build_derivative_name_nipreps_order():
         "sub-01_ses-1_run-1_desc-brain_mask.nii.gz"
     with pytest.raises(ValueError, match="alphanumeric"):
         build_derivative_name(src, "mask", ".nii.gz", desc="brain-mask")
+    chunks = {build_derivative_name(f"sub-01_chunk-{i}_dwi.nii.gz", "dwiref", ".nii.gz")
+              for i in (1, 2)}
+    assert chunks == {"sub-01_chunk-1_dwiref.nii.gz", "sub-01_chunk-2_dwiref.nii.gz"}
+    with pytest.raises(ValueError, match=r"entities \['foo'\] are not known"):
+        build_derivative_name("sub-01_foo-1_dwi.nii.gz", "dwiref", ".nii.gz")
     assert derivative_dir("/o", src, "dwi") == Path("/o/sub-01/ses-1/dwi")
     assert derivative_dir("/o", src, "figures") == Path("/o/sub-01/figures")
 
@@ -258,3 +263,17 @@ def test_reportlets_and_report(data, registered, tmp_path):
     rep = _run(QCReport(subject="01", in_series=[res.outputs.out_series]), tmp_path / "rep")
     html = Path(rep.outputs.out_report).read_text()
     assert "sub-01" in html and "<svg" in html
+
+
+def test_single_volume_4d_images_are_3d(data, tmp_path):
+    """An (X, Y, Z, 1) reference, as some tools write, works like the 3-D image."""
+    img = nib.load(data["ref"])
+    img4 = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
+    nib.save(img4, tmp_path / "ref4d.nii.gz")
+    res3 = _run(MedianOtsu(in_file=str(data["ref"])), tmp_path / "m3")
+    res4 = _run(MedianOtsu(in_file=str(tmp_path / "ref4d.nii.gz")), tmp_path / "m4")
+    np.testing.assert_array_equal(np.asanyarray(nib.load(res4.outputs.out_mask).dataobj),
+                                  np.asanyarray(nib.load(res3.outputs.out_mask).dataobj))
+    applied = _run(ApplyMask(in_file=str(tmp_path / "ref4d.nii.gz"),
+                             in_mask=res4.outputs.out_mask, dilation_mm=4.0), tmp_path / "a4")
+    assert nib.load(applied.outputs.out_file).shape == img.shape

@@ -205,6 +205,12 @@ def check_series(layout, dwi: str, b0_threshold: float
                       ".bval next to it or inherited from a parent folder); add it.",
                       ExitCode.NO_INPUT)
     item.bvec_file = (layout.get_bvec(dwi) or None) if layout is not None else None
+    from synflow.interfaces.bids import build_derivative_name
+
+    try:  # output names must exist and be unique before the graph is built
+        build_derivative_name(dwi, "dwiref", ".nii.gz", desc="b0")
+    except ValueError as exc:
+        return item, (str(exc), ExitCode.DATA_ERROR)
     try:
         img = nib.load(dwi)
         shape = img.shape
@@ -218,16 +224,21 @@ def check_series(layout, dwi: str, b0_threshold: float
                       f"{len(shape)}-D with shape {tuple(shape)}. Is it a single b0 or a "
                       "fieldmap? Move it out of dwi/ or give the full series.",
                       ExitCode.DATA_ERROR)
-    try:
-        bvals = np.loadtxt(bval, ndmin=1).ravel()
+    from synflow.io.dwi import b0_indices
+    from synflow.io.gradients import read_bvals_bvecs
+
+    try:  # the engine's own reader and rule, so what passes here also passes in the run
+        bvals, _ = read_bvals_bvecs(bval, None)
     except (OSError, ValueError) as exc:
-        return item, (f"{bval}: cannot read b-values ({exc}); it must be one row of "
-                      "numbers.", ExitCode.DATA_ERROR)
+        return item, (f"{bval}: cannot read b-values ({exc}); it must be one row (or one "
+                      "column) of numbers.", ExitCode.DATA_ERROR)
     if bvals.size != shape[3]:
         return item, (f"{bval}: {bvals.size} b-values but {dwi} has {shape[3]} volumes; "
                       "the .bval must list one b-value per volume.", ExitCode.DATA_ERROR)
-    if not np.any(bvals < b0_threshold):
-        return item, (f"{bval}: no b0 volume (smallest b-value {bvals.min():g} is not below "
+    try:
+        b0_indices(bvals, b0_threshold, name=str(bval))
+    except ValueError:
+        return item, (f"{bval}: no b0 volume (smallest b-value {bvals.min():g} is above "
                       f"--b0-threshold {b0_threshold:g}). If this scanner writes b0s as "
                       "b=5..100, raise --b0-threshold.", ExitCode.DATA_ERROR)
     return item, None

@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("b0 and registration settings")
     g.add_argument("--b0-threshold", type=float, default=50.0, metavar="B",
-                   help="volumes with b < B s/mm^2 are b0s (default 50, as DIPY; some "
+                   help="volumes with b <= B s/mm^2 are b0s (default 50, as DIPY; some "
                         "scanners write b=5 or 10)")
     g.add_argument("--level-iters", type=_nonneg_int, nargs="+", metavar="N",
                    default=DEFAULT_SYN["level_iters"],

@@ -280,7 +280,8 @@ def _summarise(todo, progress, outcomes, output_dir, run_uuid, reference, opts, 
                 "elapsed (s)": round(time.monotonic() - t_start, 1), "plugin": plugin,
                 "threads per step": omp_nthreads, "reference": reference.describe(),
                 "work directory": str(work_dir)}
-    reports = _write_reports(outcomes, todo, output_dir, run_info, opts, stream)
+    reports = (_write_reports(outcomes, todo, output_dir, run_info, opts, stream)
+               if opts.reports else [])
     write_dataset_description(output_dir, bids_dir)
     code = _finish(outcomes, reports, output_dir, run_uuid, stream, t_start)
     return code
@@ -438,7 +439,9 @@ def _collect(todo, progress, output_dir: Path, run_uuid: str, reference, opts) -
             elif ref_error is not None:
                 o.status, o.error, o.traceback, o.crash_file, o.code = (
                     "failed", ref_error[0], ref_error[1], ref_error[2], ref_error[3])
-            elif fwd.exists() and not any(r.end is None for r in mine):
+            elif mine and fwd.exists() and all(r.end is not None for r in mine):
+                # ``mine`` empty: no node of this series ran (or was found cached) in *this*
+                # run, so outputs on disk are an earlier run's, not this one's result
                 o.status = "ok"
             else:
                 o.status, o.code = "not run", ExitCode.FAILURE

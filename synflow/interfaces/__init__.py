@@ -1,7 +1,7 @@
 """Nipype interfaces: thin wrappers over synflow's engine, I/O and figures.
 
 =====================================  =================================================
-:class:`ExtractB0`                     mean b0 of a DWI series (``b < b0_threshold``)
+:class:`ExtractB0`                     mean b0 of a DWI series (``b <= b0_threshold``)
 :class:`MedianOtsu`                    median-Otsu brain mask + skull-stripped image
 :class:`ApplyMask`                     zero the voxels outside a mask
 :class:`AffinePrealign`                affine pre-alignment (DIPY ``prealign``)

@@ -42,7 +42,8 @@ from synflow._atomic import atomic_path
 
 #: Entity order of the raw BIDS file name (subset relevant to DWI), then derivative
 #: entities in the order nipreps' ``nipreps.json`` patterns use.
-RAW_ENTITIES = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "part")
+RAW_ENTITIES = ("sub", "ses", "task", "acq", "ce", "trc", "stain", "rec", "dir", "run", "mod",
+                "echo", "flip", "inv", "mt", "part", "proc", "split", "recording", "chunk")
 DERIV_ENTITIES = ("space", "res", "from", "to", "mode", "desc")
 
 _EXTENSIONS = (".nii.gz", ".nii", ".json", ".bval", ".bvec", ".tsv", ".txt", ".h5",
@@ -106,6 +107,10 @@ def build_derivative_name(source_file: str | os.PathLike, suffix: str, extension
     'sub-01_ses-1_from-dwiref_to-MNI152NLin2009aSym_mode-image_xfm.h5'
     """
     src = parse_entities(source_file)
+    unknown = sorted(set(src) - set(RAW_ENTITIES) - set(DERIV_ENTITIES) - {"suffix", "extension"})
+    if unknown:  # dropping one could give two series the same output names
+        raise ValueError(f"{source_file}: entities {unknown} are not known to synflow; "
+                         f"rename the file with BIDS entities ({', '.join(RAW_ENTITIES)})")
     extra = {k.rstrip("_"): v for k, v in entities.items() if v not in (None, "")}
     for key, value in extra.items():
         if key not in DERIV_ENTITIES and key not in RAW_ENTITIES:

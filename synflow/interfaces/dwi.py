@@ -26,10 +26,20 @@ def out_name(in_file: str, suffix: str, newpath: str, ext: str = ".nii.gz") -> s
     return str(Path(newpath) / f"{split_ext(in_file)[0]}{suffix}{ext}")
 
 
+def _volume(img: nib.spatialimages.SpatialImage) -> np.ndarray:
+    """Image data as float32, a trailing length-1 fourth axis dropped (X, Y, Z, 1 -> X, Y, Z)."""
+    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    return data
+
+
 def read_bval_count(bval_file: str, threshold: float) -> tuple[int, int]:
-    """``(n_volumes, n_b0)`` from a ``.bval`` file (b0 = ``bval < threshold``)."""
-    bvals = np.loadtxt(bval_file, ndmin=1).ravel()
-    return int(bvals.size), int(np.count_nonzero(bvals < threshold))
+    """``(n_volumes, n_b0)`` from a ``.bval`` file (b0 = ``bval <= threshold``, as DIPY)."""
+    from synflow.io.gradients import read_bvals_bvecs
+
+    bvals, _ = read_bvals_bvecs(bval_file, None)
+    return int(bvals.size), int(np.count_nonzero(bvals <= threshold))
 
 
 def save_like(data: np.ndarray, like: nib.Nifti1Image, fname: str, dtype=np.float32) -> str:
@@ -46,7 +56,7 @@ class _ExtractB0InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="4-D DWI series (NIfTI)")
     in_bval = File(exists=True, mandatory=True, desc="the series' .bval file")
     b0_threshold = traits.Float(50.0, usedefault=True,
-                                desc="volumes with b < threshold (s/mm^2) are b0s")
+                                desc="volumes with b <= threshold (s/mm^2) are b0s (DIPY's rule)")
     align = traits.Bool(False, usedefault=True,
                         desc="rigidly align the b0s to the first one before averaging")
 
@@ -59,7 +69,7 @@ class _ExtractB0OutputSpec(TraitedSpec):
 
 
 class ExtractB0(SimpleInterface):
-    """Mean of the b0 volumes (``b < b0_threshold``) of a DWI series.
+    """Mean of the b0 volumes (``b <= b0_threshold``) of a DWI series.
 
     Wraps :func:`synflow.io.dwi.extract_b0`, which raises a ``ValueError`` naming the
     file for a bval/volume count mismatch, no volume under the threshold, a 3-D
@@ -122,7 +132,7 @@ class MedianOtsu(SimpleInterface):
 
         t0 = time.perf_counter()
         img = nib.load(self.inputs.in_file)
-        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        data = _volume(img)
         if data.ndim != 3:
             raise ValueError(f"{self.inputs.in_file}: MedianOtsu expects a 3-D image, "
                              f"got shape {data.shape}")
@@ -178,8 +188,8 @@ class ApplyMask(SimpleInterface):
 
     def _run_interface(self, runtime):
         img = nib.load(self.inputs.in_file)
-        data = np.asanyarray(img.dataobj, dtype=np.float32)
-        mask = np.asanyarray(nib.load(self.inputs.in_mask).dataobj) > 0
+        data = _volume(img)
+        mask = _volume(nib.load(self.inputs.in_mask)) > 0
         if mask.shape != data.shape:
             raise ValueError(f"{self.inputs.in_mask}: mask shape {mask.shape} does not match "
                              f"{self.inputs.in_file} {data.shape}")

@@ -97,7 +97,7 @@ def init_dwi_registration_wf(
     Parameters
     ----------
     b0_threshold
-        Volumes with ``b < b0_threshold`` (s/mm^2) are averaged into the mean b0.
+        Volumes with ``b <= b0_threshold`` (s/mm^2) are averaged into the mean b0.
     syn
         Overrides of :data:`DEFAULT_SYN` (``level_iters``, ``cc_radius``, ``sigma_diff``,
         ``step_length``, ``ss_sigma_factor``, ``opt_tol``, ``inv_iter``, ``inv_tol``).
