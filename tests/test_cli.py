@@ -201,6 +201,9 @@ def test_bad_input_does_not_stop_the_others(bad_bids, small, capsys):
         side = json.loads((d / (name.split(".")[0] + ".json")).read_text())
         assert side["Sources"] and side["Parameters"]["SyN"]["level_iters"] == [2, 2, 0]
         assert "synflow" in side["SoftwareVersions"]
+    dipy_side = json.loads(
+        (d / f"sub-01_from-dwiref_to-{space}_mode-image_desc-dipy_xfm.json").read_text())
+    assert len(dipy_side["DIPYReadMapping"]["Prealign"]) == 4
     meta = json.loads((d / f"sub-01_from-dwiref_to-{space}_mode-image_xfm.json").read_text())
     assert meta["QC"]["cc_syn"] > meta["QC"]["cc_before"]
     assert meta["SpatialReference"].startswith("file://")

@@ -210,6 +210,24 @@ def test_syn_registration_outputs(data, registered):
     np.testing.assert_allclose(warped, nib.load(out.out_file).get_fdata(), atol=1e-3)
 
 
+def test_syn_mapping_works_with_dipys_read_mapping(registered):
+    """The sidecar entry DIPYReadMapping is all DIPY's own reader needs."""
+    import warnings
+
+    dipy_align = pytest.importorskip("dipy.align")
+    out = registered["syn"].outputs
+    moving = registered["mov_mask"].outputs.out_file
+    meta = out.dipy_meta["DIPYReadMapping"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dmap = dipy_align.read_mapping(out.out_mapping, moving,
+                                       registered["ref_mask"].outputs.out_file,
+                                       prealign=np.array(meta["Prealign"]))
+    warped = dmap.transform(np.asanyarray(nib.load(moving).dataobj, dtype=np.float32))
+    expected = nib.load(out.out_file).get_fdata()
+    np.testing.assert_allclose(warped, expected, atol=1e-3 * np.abs(expected).max())
+
+
 def test_thread_inputs_do_not_enter_the_hash():
     a = SyNRegistration(reference_file=__file__, moving_file=__file__, num_threads=1)
     b = SyNRegistration(reference_file=__file__, moving_file=__file__, num_threads=8)

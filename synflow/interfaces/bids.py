@@ -197,6 +197,9 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     mode = Str(desc="mode entity (transforms)")
     extension = Str(desc="override the extension (default: the in_file's)")
     meta_dict = traits.Dict(Str, traits.Any, desc="sidecar metadata")
+    extra_meta = traits.Dict(Str, traits.Any,
+                             desc="more sidecar metadata, computed by the workflow "
+                                  "(merged over meta_dict)")
     qc = traits.Dict(Str, traits.Any, desc="QC metrics, stored under \"QC\" in the sidecar")
     sources = traits.List(Str, desc="BIDS URIs of the inputs (the sidecar's Sources)")
     write_sidecar = traits.Bool(True, usedefault=True, desc="write a JSON sidecar")
@@ -239,6 +242,8 @@ class DerivativesDataSink(SimpleInterface):
         meta: dict[str, Any] = {}
         if isdefined(self.inputs.meta_dict):
             meta.update(self.inputs.meta_dict)
+        if isdefined(self.inputs.extra_meta):
+            meta.update(self.inputs.extra_meta)
         if isdefined(self.inputs.qc) and self.inputs.qc:
             meta["QC"] = dict(self.inputs.qc)
         if isdefined(self.inputs.sources) and self.inputs.sources:

@@ -135,6 +135,8 @@ class _SyNOutputSpec(TraitedSpec):
                                            " (the 'before' picture)")
     out_qc = File(exists=True, desc="QC numbers and parameters as JSON")
     qc = traits.Dict(desc="QC numbers (local CC before/affine/SyN, Jacobian, folding, ICE)")
+    dipy_meta = traits.Dict(desc="what DIPY's own read_mapping needs to use out_mapping "
+                                 "(sidecar metadata)")
     parameters = traits.Dict(desc="engine parameters used")
     elapsed = traits.Float(desc="seconds spent in the optimisation")
 
@@ -214,8 +216,23 @@ class SyNRegistration(SimpleInterface):
                                       prealign, warped, unaligned, mask))
         with open(out["out_qc"], "w") as fobj:
             json.dump({"qc": qc, "parameters": params}, fobj, indent=2)
-        self._results.update(out, qc=qc, parameters=params, elapsed=elapsed)
+        self._results.update(out, qc=qc, parameters=params, elapsed=elapsed,
+                             dipy_meta=dipy_read_mapping_meta(mapping))
         return runtime
+
+
+def dipy_read_mapping_meta(mapping) -> dict:
+    """Sidecar entries that let DIPY's ``read_mapping`` rebuild ``mapping`` exactly.
+
+    DIPY's reader takes the grids from two images and the pre-alignment as an argument (it
+    is not in the file); ``synflow.align.read_mapping(fname)`` needs none of this.
+    """
+    prealign = np.eye(4) if mapping.prealign is None else np.asarray(mapping.prealign)
+    return {"DIPYReadMapping": {
+        "Call": "dipy.align.read_mapping(<this file>, <the desc-b0_dwiref image (native b0)>, "
+                "<the reference image>, prealign=np.array(DIPYReadMapping['Prealign']))",
+        "Prealign": [[float(v) for v in row] for row in prealign],
+    }}
 
 
 def registration_qc(mapping, static: np.ndarray, moving: np.ndarray, static_aff: np.ndarray,

@@ -121,7 +121,7 @@ def init_single_subject_wf(
                                  ("reference_mask", "inputnode.reference_mask")]),
         ])
         for fld in ("b0_file", "mask_file", "b0_ref", "forward_xfm", "inverse_xfm",
-                    "affine_xfm", "mapping", "qc") + (("figures", "figure_descs")
+                    "affine_xfm", "mapping", "qc", "dipy_meta") + (("figures", "figure_descs")
                                                       if reportlets else ()):
             workflow.connect(reg_wf, f"outputnode.{fld}", ds_wf, f"inputnode.{fld}")
     return workflow

@@ -38,7 +38,7 @@ TEMPLATE_VOXELS = 98 * 116 * 94
 
 _OUTPUT_FIELDS = [
     "b0_file", "mask_file", "b0_brain", "prealign", "affine_xfm", "mapping",
-    "forward_xfm", "inverse_xfm", "b0_ref", "b0_brain_ref", "qc", "parameters",
+    "forward_xfm", "inverse_xfm", "b0_ref", "b0_brain_ref", "qc", "dipy_meta", "parameters",
     "n_b0", "figures", "figure_descs", "series_record",
 ]
 
@@ -142,6 +142,8 @@ def init_dwi_registration_wf(
         Mean b0 (whole head) and skull-stripped b0 resampled onto the reference.
     qc, parameters, n_b0
         QC numbers and engine parameters (dicts), number of b0 volumes averaged.
+    dipy_meta
+        What DIPY's own ``read_mapping`` needs to use ``mapping`` (grids, prealign).
     figures, figure_descs, series_record
         QC figures, their ``desc`` entities, and the JSON record for ``QCReport``.
     """
@@ -189,6 +191,7 @@ def init_dwi_registration_wf(
                                 ("out_forward_xfm", "forward_xfm"),
                                 ("out_inverse_xfm", "inverse_xfm"),
                                 ("out_file", "b0_brain_ref"), ("qc", "qc"),
+                                ("dipy_meta", "dipy_meta"),
                                 ("parameters", "parameters")]),
         (b0_to_ref, outputnode, [("out_file", "b0_ref")]),
     ])
@@ -310,7 +313,8 @@ def init_dwi_derivatives_wf(
             xfm_sources, suffix="xfm", from_="dwiref", to=space, mode="image", desc="affine")),
         ("ds_dipy_xfm", "mapping", sink(
             "ds_dipy_xfm", {"Description": "SyN mapping in DIPY's write_mapping layout "
-                            "(X,Y,Z,3,2); synflow.align.read_mapping(fname) restores it",
+                            "(X,Y,Z,3,2); synflow.align.read_mapping(fname) restores it; "
+                            "for DIPY's own read_mapping see DIPYReadMapping",
                             **ref_meta},
             xfm_sources, suffix="xfm", from_="dwiref", to=space, mode="image", desc="dipy")),
     ]
@@ -320,6 +324,8 @@ def init_dwi_derivatives_wf(
         workflow.connect(node, "out_file", merge, f"in{i}")
         if field not in ("b0_file", "mask_file"):
             workflow.connect(inputnode, "qc", node, "qc")
+    ds_dipy = next(node for name_, _, node in specs if name_ == "ds_dipy_xfm")
+    workflow.connect(inputnode, "dipy_meta", ds_dipy, "extra_meta")
     workflow.connect(merge, "out", outputnode, "out_files")
     if reportlets:
         ds_figures = pe.Node(DerivativesDataSink(base_directory=output_dir,
