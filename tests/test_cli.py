@@ -263,6 +263,10 @@ def test_select_series_sessions_and_filters(small, tmp_path):
     fil.write_text(json.dumps({"dwi": {"session": "A"}}))
     sel = select_series(layout, bids, ["01"], None, load_filters(fil), 50.0)
     assert [s.name for s in sel.participants["01"]] == ["sub-01_ses-A_dwi"]
+    sel = select_series(layout, bids, ["01"], ["C"], {}, 50.0)
+    assert not sel.participants.get("01")
+    assert [p.code for p in sel.problems] == [ExitCode.FILTER_EMPTY]
+    assert "none matches --session-label C" in sel.problems[0].message
     fil.write_text(json.dumps({"anat": {}}))
     with pytest.raises(Exception, match="unknown query"):
         load_filters(fil)

@@ -170,6 +170,16 @@ def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
             query["session"] = session_labels
         query.update(filters)
         files = sorted(layout.get(**query))
+        narrowed = bool(session_labels or filters)
+        if not files and narrowed and layout.get(subject=label, datatype="dwi", suffix="dwi",
+                                                 extension=[".nii.gz", ".nii"]):
+            sel.problems.append(Problem(label, "-", (
+                f"participant sub-{label} has DWI series, but none matches "
+                f"{'--session-label ' + ' '.join(session_labels) if session_labels else ''}"
+                f"{' and ' if session_labels and filters else ''}"
+                f"{'the --bids-filter-file query ' + json.dumps(filters) if filters else ''}"
+                ". Check the labels and the filter."), ExitCode.FILTER_EMPTY))
+            continue
         if not files:
             where = f" in session(s) {', '.join(session_labels)}" if session_labels else ""
             sel.problems.append(Problem(label, "-", (

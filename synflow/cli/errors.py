@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     OK = 0  #: everything selected was processed
     FAILURE = 1  #: at least one participant/series failed for another reason (a crash)
     BIDS_INVALID = 16  #: the input is not a valid BIDS dataset
+    FILTER_EMPTY = 18  #: --session-label / --bids-filter-file selected no files
     USAGE = 64  #: bad command line (options, plugin, output inside the input...)
     DATA_ERROR = 65  #: input data unusable (bval count, no b0, 3-D, NaN, unreadable NIfTI)
     NO_INPUT = 66  #: required input missing (participant, DWI, .bval, reference file)

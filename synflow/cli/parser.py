@@ -30,8 +30,9 @@ examples:
   synflow /data/bids /out participant --reference-participant 01
   synflow --demo /tmp/synflow-demo      # make a demo dataset, process it, print the error
 
-exit codes: 0 ok; 1 a participant/series failed; 16 not valid BIDS; 64 usage error;
-65 unusable input data; 66 required input missing; 73 cannot create the output/work dir.
+exit codes: 0 ok; 1 a participant/series failed; 16 not valid BIDS; 18 the session/filter
+selection matched no DWI series; 64 usage error; 65 unusable input data; 66 required input
+missing; 73 cannot create the output/work dir.
 """
 
 

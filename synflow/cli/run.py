@@ -540,7 +540,8 @@ def _finish(outcomes, reports, output_dir: Path, run_uuid: str, stream, t_start)
     codes = {o.code for o in failed}
     if not failed:
         return int(ExitCode.OK)
-    for code in (ExitCode.FAILURE, ExitCode.DATA_ERROR, ExitCode.NO_INPUT):
+    for code in (ExitCode.FAILURE, ExitCode.DATA_ERROR, ExitCode.NO_INPUT,
+                 ExitCode.FILTER_EMPTY):
         if code in codes:
             return int(code)
     return int(ExitCode.FAILURE)
