@@ -70,44 +70,26 @@ def parse_mem_gb(value: str) -> float:
     return gb
 
 
-def _positive_int(value: str) -> int:
-    try:
-        out = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if out < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return out
+def _number(kind: type, minimum: float, inclusive: bool, what: str):
+    """An argparse ``type``: a finite ``kind`` (int/float) ``>= minimum`` (or ``>``)."""
+    def parse(value: str):
+        try:
+            out = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        ok = out >= minimum if inclusive else out > minimum
+        if not (ok and out < float("inf")):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return out
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def _nonneg_int(value: str) -> int:
-    try:
-        out = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if out < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
-    return out
-
-
-def _nonneg_float(value: str) -> float:
-    try:
-        out = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
-    if not (out >= 0 and out < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value!r}")
-    return out
-
-
-def _positive_float(value: str) -> float:
-    try:
-        out = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-    if not out > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-    return out
+_positive_int = _number(int, 1, True, "a positive integer")
+_nonneg_int = _number(int, 0, True, "an integer >= 0")
+_nonneg_float = _number(float, 0.0, True, "a finite number >= 0")
+_positive_float = _number(float, 0.0, False, "a positive number")
 
 
 def build_parser() -> argparse.ArgumentParser:
