@@ -359,3 +359,18 @@ def test_outputs_of_an_earlier_run_are_not_this_runs_success(tmp_path):
     todo = {"01": [DWISeries(dwi_file=str(dwi), bval_file=str(dwi).replace(".nii.gz", ".bval"))]}
     (outcome,) = _collect(todo, progress, out, "run1", Reference(), SimpleNamespace())
     assert outcome.status == "not run" and outcome.code == ExitCode.FAILURE
+
+
+def test_same_series_as_nii_and_nii_gz_is_a_data_error(tmp_path):
+    from synflow.cli.bids import make_layout, select_series
+
+    bids = make_small_bids(tmp_path / "twins", subjects=("01",))
+    gz = _dwi(bids, "01")
+    import nibabel as nib
+
+    nib.save(nib.load(gz), str(gz).replace(".nii.gz", ".nii"))
+    layout = make_layout(bids, tmp_path / "db", True, None)
+    sel = select_series(layout, bids, ["01"], None, {}, 50.0)
+    assert not sel.participants["01"]
+    assert {p.code for p in sel.problems} == {ExitCode.DATA_ERROR}
+    assert len(sel.problems) == 2 and "the same series exists as" in sel.problems[0].message

@@ -190,7 +190,16 @@ def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
                 ExitCode.NO_INPUT))
             continue
         series = []
+        stems: dict[str, list[str]] = {}
         for dwi in files:
+            stems.setdefault(_stem(dwi), []).append(dwi)
+        for dwi in files:
+            twins = stems[_stem(dwi)]
+            if len(twins) > 1:  # same series as .nii and .nii.gz: same outputs, same nodes
+                sel.problems.append(Problem(label, Path(dwi).name, (
+                    f"{dwi}: the same series exists as {' and '.join(sorted(twins))}; keep "
+                    "one of them (they would write the same outputs)."), ExitCode.DATA_ERROR))
+                continue
             item, problem = check_series(layout, dwi, b0_threshold)
             if problem is not None:
                 sel.problems.append(Problem(label, item.name if item else Path(dwi).name,
@@ -199,6 +208,15 @@ def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
                 series.append(item)
         sel.participants[label] = series
     return sel
+
+
+def _stem(fname: str) -> str:
+    """Path without ``.nii``/``.nii.gz``."""
+    name = str(fname)
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
 
 
 def check_series(layout, dwi: str, b0_threshold: float
