@@ -237,6 +237,10 @@ def test_rerun_reuses_finished_steps(bad_bids, small, capsys):
     assert result.stat().st_mtime_ns == stamp
     assert mapping.exists()
     assert len(list(work.glob("*/config.json"))) == 2  # one folder per run
+    code, out = run_cli(base + ["--nprocs", "1"], capsys)  # nothing to do at all
+    assert code == 0, out
+    row = next(ln for ln in out.split("Summary")[1].splitlines() if ln.startswith("sub-01"))
+    assert " ok " in row and " cached " in row
 
 
 def test_reference_participant(small, capsys):

@@ -66,6 +66,7 @@ class SeriesOutcome:
     qc: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     crash_file: str | None = None
+    cached: bool = False  #: every step was reused from the work directory
 
 
 class Progress:
@@ -223,7 +224,8 @@ def summary_table(outcomes: Sequence[SeriesOutcome], width: int = 60) -> str:
             err = err[: width - 3] + "..."
         rows.append([f"sub-{o.participant}", short_series_name(o.series, o.participant)
                      if o.series != "-" else "-", o.status,
-                     f"{o.seconds:.1f}s" if o.seconds is not None else "-", cc,
+                     f"{o.seconds:.1f}s" if o.seconds is not None
+                     else ("cached" if o.cached else "-"), cc,
                      fmt_num(o.qc.get("folding_percent"), ".3f") if o.qc else "-",
                      fmt_num(o.qc.get("ice_mean_mm"), ".3f") if o.qc else "-", err])
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]

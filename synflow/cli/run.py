@@ -422,6 +422,7 @@ def _collect(todo, progress, output_dir: Path, run_uuid: str, reference, opts) -
             ends = [r.end for r in mine if r.end is not None]
             if starts and ends:
                 o.seconds = max(ends) - min(starts)
+            o.cached = bool(mine) and not starts and all(r.end is not None for r in mine)
             for r in mine:
                 if r.start is not None and r.end is not None:
                     key = r.step if r.step.startswith("ds_") else _step_label(r.step)
