@@ -74,23 +74,30 @@ def test_otsu_from_edges_known():
         otsu_from_edges(np.array([0, 4, 0]), np.arange(4.0))
 
 
+def _otsu_images(dtype, low: int = 0):
+    """Four bimodal test images of ``dtype`` (integers from ``low``), seeded."""
+    rng = np.random.default_rng(3)
+    for trial in range(4):
+        if np.issubdtype(dtype, np.integer):
+            hi = 255 if dtype == np.uint8 else 3000
+            yield rng.integers(low, hi, size=(17, 19, 7)).astype(dtype)
+        else:
+            img = np.concatenate([rng.normal(10, 3, 900), rng.gamma(2.0, 5.0, 700) + 30])
+            yield (img * (trial + 1)).astype(dtype).reshape(40, 40)
+
+
+def _assert_same_threshold(got, ref):
+    assert got == ref
+    assert np.asarray(got).dtype == np.asarray(ref).dtype
+
+
 @pytest.mark.needs_dipy
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8, np.int32])
 @pytest.mark.parametrize("nbins", [256, 64])
 def test_otsu_equals_dipy(dtype, nbins):
     dthr = pytest.importorskip("dipy.segment.threshold")
-    rng = np.random.default_rng(3)
-    for trial in range(4):
-        if np.issubdtype(dtype, np.integer):
-            hi = 255 if dtype == np.uint8 else 3000
-            img = rng.integers(0, hi, size=(17, 19, 7)).astype(dtype)
-        else:
-            img = np.concatenate([rng.normal(10, 3, 900), rng.gamma(2.0, 5.0, 700) + 30])
-            img = (img * (trial + 1)).astype(dtype).reshape(40, 40)
-        ref = dthr.otsu(img, nbins=nbins)
-        got = otsu(img, nbins=nbins)
-        assert got == ref
-        assert np.asarray(got).dtype == np.asarray(ref).dtype
+    for img in _otsu_images(dtype):
+        _assert_same_threshold(otsu(img, nbins=nbins), dthr.otsu(img, nbins=nbins))
 
 
 def test_otsu_from_histogram_known():
@@ -104,19 +111,10 @@ def test_otsu_from_histogram_known():
 @pytest.mark.parametrize("nbins", [256, 64])
 def test_otsu_equals_skimage(dtype, nbins):
     skf = pytest.importorskip("skimage.filters")
-    rng = np.random.default_rng(3)
-    for trial in range(4):
-        if np.issubdtype(dtype, np.integer):
-            lo = -300 if np.dtype(dtype).kind == "i" and dtype != np.int16 else 0
-            hi = 255 if dtype == np.uint8 else 3000
-            img = rng.integers(lo, hi, size=(17, 19, 7)).astype(dtype)
-        else:
-            img = np.concatenate([rng.normal(10, 3, 900), rng.gamma(2.0, 5.0, 700) + 30])
-            img = (img * (trial + 1)).astype(dtype).reshape(40, 40)
-        ref = skf.threshold_otsu(img, nbins=nbins)
-        got = threshold_otsu(img, nbins=nbins)
-        assert got == ref
-        assert np.asarray(got).dtype == np.asarray(ref).dtype
+    low = -300 if np.dtype(dtype).kind == "i" and dtype != np.int16 else 0
+    for img in _otsu_images(dtype, low):
+        _assert_same_threshold(threshold_otsu(img, nbins=nbins),
+                               skf.threshold_otsu(img, nbins=nbins))
 
 
 @pytest.mark.parametrize("bad,match", [
