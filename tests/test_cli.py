@@ -15,12 +15,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synflow.cli._testing import make_small_bids, make_small_reference
+from synflow.cli._testing import CHEAP_CLI, make_small_bids, make_small_reference
 from synflow.cli.errors import ExitCode
 from synflow.cli.parser import parse_args, parse_mem_gb
 from synflow.cli.run import main
-
-CHEAP = ["--level-iters", "2", "2", "0", "--cc-radius", "2", "--inv-iter", "5"]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -173,7 +171,7 @@ def test_bad_input_does_not_stop_the_others(bad_bids, small, capsys):
     work = small["root"] / "work_bad"
     args = [bad_bids, out_dir, "participant", "-w", work, "--reference", small["ref"],
             "--nprocs", "2", "--participant-label", "01", "02", "03", "04", "05", "06", "07",
-            "08", "99", *CHEAP]
+            "08", "99", *CHEAP_CLI]
     code, out = run_cli(args, capsys)
     # data errors (65) outrank missing inputs (66); nothing crashed for another reason
     assert code == ExitCode.DATA_ERROR, out
@@ -225,7 +223,7 @@ def test_rerun_reuses_finished_steps(bad_bids, small, capsys):
     out_dir = small["root"] / "rerun_out"
     work = small["root"] / "work_rerun"
     base = [bad_bids, out_dir, "participant", "-w", work, "--reference", small["ref"],
-            "--participant-label", "01", *CHEAP]
+            "--participant-label", "01", *CHEAP_CLI]
     code, _ = run_cli(base + ["--nprocs", "2"], capsys)
     assert code == 0
     result = next(work.rglob("sub_01_wf/dwi_wf/syn/result_syn.pklz"))
@@ -247,7 +245,7 @@ def test_reference_participant(small, capsys):
     bids = make_small_bids(small["root"] / "refpart_bids", subjects=("01", "02"), seed=5)
     out_dir = small["root"] / "refpart_out"
     code, out = run_cli([bids, out_dir, "participant", "-w", small["root"] / "work_rp",
-                         "--reference-participant", "sub-01", *CHEAP], capsys)
+                         "--reference-participant", "sub-01", *CHEAP_CLI], capsys)
     assert code == 0, out
     assert (out_dir / "sub-02" / "dwi" / "sub-02_space-sub01_desc-b0_dwiref.nii.gz").exists()
     assert not (out_dir / "sub-01").exists()
@@ -314,7 +312,7 @@ def test_non_blocking_plugin_says_submitted(bad_bids, small, tmp_path, capsys, m
     monkeypatch.setattr(run_mod, "_run_workflow", lambda *a, **k: calls.append(a) or None)
     out_dir = tmp_path / "out"
     code, out = run_cli([bad_bids, out_dir, "participant", "-w", tmp_path / "w",
-                         "--reference", small["ref"], "--participant-label", "01", *CHEAP],
+                         "--reference", small["ref"], "--participant-label", "01", *CHEAP_CLI],
                         capsys)
     assert code == 0, out
     assert len(calls) == 1

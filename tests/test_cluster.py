@@ -655,6 +655,9 @@ def _synflow_cli_or_skip():
     return make_demo_dataset, make_small_bids, make_small_reference
 
 
+from synflow.cli._testing import CHEAP_CLI  # noqa: E402
+
+
 @pytest.fixture(scope="module")
 def demo_bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo BIDS dataset with one participant (2 mm, whole head), made once."""
@@ -677,8 +680,6 @@ def small_bids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 #: One participant and a very short SyN schedule: the whole pipeline, quickly.
 FAST = ["--participant-label", "01", "--level-iters", "2", "2", "1"]
-#: For the 4 mm dataset (as tests/test_cli.py).
-CHEAP = ["--level-iters", "2", "2", "0", "--cc-radius", "2", "--inv-iter", "5"]
 
 
 def _run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -818,7 +819,8 @@ def test_outputs_identical_for_any_nprocs(
     for name, flags in runs.items():
         out = tmp_path / f"out_{name}"
         args = [small_bids["bids"], out, "participant", "-w", tmp_path / f"work_{name}"]
-        proc = _run_cli([*args, "--reference", small_bids["ref"], *CHEAP, "--no-reports", *flags])
+        proc = _run_cli([*args, "--reference", small_bids["ref"], *CHEAP_CLI, "--no-reports",
+                         *flags])
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         digests[name] = _tree_digest(out)
         assert not list(out.glob("sub-*.html")), "--no-reports wrote an HTML report"

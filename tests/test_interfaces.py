@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from synflow.cli._testing import make_small_bids, make_small_reference
+from synflow.cli._testing import CHEAP_SYN, make_small_bids, make_small_reference
 from synflow.interfaces import (
     AffinePrealign,
     ApplyMask,
@@ -27,8 +27,6 @@ from synflow.interfaces.bids import (
     derivative_dir,
     parse_entities,
 )
-
-CHEAP = {"level_iters": [3, 2, 0], "cc_radius": 2, "inv_iter": 5}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +64,7 @@ def registered(data) -> dict:
     syn = _run(SyNRegistration(reference_file=ref_mask.outputs.out_file,
                                moving_file=mov_mask.outputs.out_file,
                                prealign_file=aff.outputs.out_matrix,
-                               reference_mask=ref_mask.outputs.out_mask, **CHEAP),
+                               reference_mask=ref_mask.outputs.out_mask, **CHEAP_SYN),
                root / "syn")
     return {"b0": b0, "ref_mask": ref_mask, "mov_mask": mov_mask, "affine": aff, "syn": syn}
 
@@ -203,7 +201,7 @@ def test_syn_registration_outputs(data, registered):
     assert set(qc) >= {"cc_before", "cc_affine", "cc_syn", "jacobian_min", "folding_percent",
                        "ice_mean_mm", "ice_p95_mm", "ice_max_mm"}
     assert qc["cc_syn"] > qc["cc_before"]
-    assert out.parameters["level_iters"] == CHEAP["level_iters"]
+    assert out.parameters["level_iters"] == CHEAP_SYN["level_iters"]
     mapping = read_mapping(out.out_mapping)
     warped = mapping.transform(np.asanyarray(nib.load(
         registered["mov_mask"].outputs.out_file).dataobj, dtype=np.float32))
@@ -273,7 +271,7 @@ def test_reportlets_and_report(data, registered, tmp_path):
         reference_mask=registered["ref_mask"].outputs.out_mask,
         unaligned_file=syn.out_unaligned, affine_file=registered["affine"].outputs.out_file,
         warped_file=syn.out_file, mapping_file=syn.out_mapping, series_name="sub-01_dwi",
-        qc=syn.qc, parameters={"syn": CHEAP}), tmp_path / "figs")
+        qc=syn.qc, parameters={"syn": CHEAP_SYN}), tmp_path / "figs")
     assert len(res.outputs.out_figures) == len(res.outputs.out_descs) == 8
     assert all(Path(f).stat().st_size > 1000 for f in res.outputs.out_figures)
     record = json.loads(Path(res.outputs.out_series).read_text())

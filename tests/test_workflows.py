@@ -9,7 +9,7 @@ import nibabel as nib
 import pytest
 from nipype.pipeline import engine as pe
 
-from synflow.cli._testing import make_small_bids, make_small_reference
+from synflow.cli._testing import CHEAP_SYN, make_small_bids, make_small_reference
 from synflow.workflows import (
     DWISeries,
     Reference,
@@ -20,8 +20,6 @@ from synflow.workflows import (
     init_synflow_wf,
     workflow_name,
 )
-
-CHEAP = {"level_iters": [2, 2, 0], "cc_radius": 2, "inv_iter": 5}
 
 
 def test_top_workflow_is_versioned():
@@ -34,7 +32,7 @@ def test_top_workflow_is_versioned():
 
 
 def test_dwi_registration_wf_structure():
-    wf = init_dwi_registration_wf(syn=CHEAP, omp_nthreads=3, b0_threshold=80)
+    wf = init_dwi_registration_wf(syn=CHEAP_SYN, omp_nthreads=3, b0_threshold=80)
     names = set(wf.list_node_names())
     assert {"inputnode", "outputnode", "extract_b0", "median_otsu", "affine_prealign", "syn",
             "b0_to_reference", "reportlets"} <= names
@@ -98,7 +96,7 @@ def test_use_in_a_pipeline(tmp_path):
     ref_wf = init_reference_wf(reference)
     sub_wf = init_single_subject_wf("01", [DWISeries(str(dwi), str(dwi).replace(
         ".nii.gz", ".bval"))], output_dir=str(tmp_path / "out"), reference=reference,
-        bids_dir=str(bids), syn=CHEAP, reportlets=False)
+        bids_dir=str(bids), syn=CHEAP_SYN, reportlets=False)
     wf.connect([(ref_wf, sub_wf, [("outputnode.reference", "inputnode.reference"),
                                   ("outputnode.reference_mask", "inputnode.reference_mask")])])
     wf.run(plugin="Linear")

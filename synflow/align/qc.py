@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from synflow.align.affine_checks import check_affine
+
 __all__ = [
     "folding_fraction",
     "inverse_consistency_error",
@@ -36,14 +38,8 @@ def _check_field(disp: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_affine(aff: np.ndarray | None, name: str) -> np.ndarray:
-    if aff is None:
-        return np.eye(4)
-    aff = np.asarray(aff, dtype=np.float64)
-    if aff.shape != (4, 4):
-        raise ValueError(f"{name} must be a 4x4 affine, got shape {aff.shape}")
-    if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-        raise ValueError(f"{name} must be a finite, invertible 4x4 affine")
-    return aff
+    """A 4x4 voxel -> world matrix (None = identity), by the one rule of ``affine_checks``."""
+    return np.eye(4) if aff is None else check_affine(aff, name, 3)
 
 
 def _check_mask(mask: np.ndarray | None, shape: tuple[int, ...], name: str = "mask"

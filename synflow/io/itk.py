@@ -48,6 +48,7 @@ from scipy.io import savemat
 from scipy.ndimage import map_coordinates
 
 from synflow._atomic import atomic_path
+from synflow.align.affine_checks import check_affine
 
 __all__ = [
     "bake_displacement",
@@ -64,10 +65,7 @@ _F4 = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _affine(matrix: Any, argname: str) -> np.ndarray:
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (4, 4) or not np.all(np.isfinite(m)) or not np.allclose(m[3], [0, 0, 0, 1]):
-        raise ValueError(f"{argname} must be a finite 4x4 affine with last row [0, 0, 0, 1]")
-    return m
+    return check_affine(matrix, argname, 3)
 
 
 def _itk_affine_parameters(matrix_ras: np.ndarray) -> np.ndarray:
