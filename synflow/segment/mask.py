@@ -51,7 +51,8 @@ from scipy import ndimage as ndi
 from .._parallel import run_slabs, run_tasks
 from .threshold import check_real_image, otsu_from_edges
 
-__all__ = ["median_otsu", "multi_median", "median_filter_codes", "applymask"]
+__all__ = ["applymask", "bounding_box", "crop", "median_filter_codes", "median_otsu",
+           "multi_median"]
 
 #: Thickness (planes along axis 0) of the slabs the median kernel works on: thinner slabs
 #: make NumPy calls so short that two threads contend for the GIL (16: 1.28 s, 32: 1.00 s,
@@ -340,25 +341,39 @@ def _mean_volume(input_volume: np.ndarray, vol_idx: Sequence[int] | None) -> np.
     return vol
 
 
-def _bisect(pred, lo: int, hi: int) -> int:
-    """Smallest ``i`` in ``[lo, hi]`` with ``pred(i)`` true (``pred`` monotone, ``pred(hi)``)."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if pred(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+def bounding_box(vol: np.ndarray) -> tuple[list[int], list[int]]:
+    """Bounding box of the non-zero voxels of ``vol`` (DIPY's ``bounding_box``).
+
+    Returns ``(mins, maxs)``, one entry per axis, in voxels: ``vol[mins[0]:maxs[0], ...]``
+    holds every non-zero voxel (``maxs`` is exclusive).  An all-zero volume warns and
+    returns zeros, as DIPY does.
+    """
+    vol = np.asarray(vol)
+    if vol.ndim == 0:
+        raise ValueError("vol must have at least one axis, got a scalar")
+    nonzero = vol != 0
+    mins, maxs = [], []
+    for ax in range(vol.ndim):
+        other = tuple(a for a in range(vol.ndim) if a != ax)
+        hit = np.flatnonzero(nonzero.any(axis=other) if other else nonzero)
+        if hit.size == 0:
+            warnings.warn("No data found in volume to bound. Returning empty bounding box.",
+                          stacklevel=2)
+            return [0] * vol.ndim, [0] * vol.ndim
+        mins.append(int(hit[0]))
+        maxs.append(int(hit[-1]) + 1)
+    return mins, maxs
+
+
+def crop(vol: np.ndarray, mins: Sequence[int], maxs: Sequence[int]) -> np.ndarray:
+    """``vol[mins[0]:maxs[0], mins[1]:maxs[1], ...]`` (DIPY's ``crop``; a view, voxels)."""
+    return vol[tuple(slice(int(lo), int(hi)) for lo, hi in zip(mins, maxs, strict=False))]
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of a non-empty boolean array."""
-    box = []
-    for ax in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != ax)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
+    """Bounding box of a non-empty boolean array, as slices."""
+    mins, maxs = bounding_box(mask)
+    return tuple(slice(lo, hi) for lo, hi in zip(mins, maxs, strict=True))
 
 
 def _filtered_extreme(inv: np.ndarray, nuniq: int, r: int, n: int, upper: bool) -> int:
