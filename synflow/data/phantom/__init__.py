@@ -34,6 +34,7 @@ from __future__ import annotations
 from synflow.data.phantom.cases import RegistrationCase, dice, make_registration_case
 from synflow.data.phantom.contrast import B0_CONTRAST, add_rician_noise, b0_like, bias_field
 from synflow.data.phantom.deformations import (
+    Deformation,
     compose_displacements,
     jacobian_determinant,
     random_affine,
@@ -77,6 +78,7 @@ __all__ = [
     "TutorialPair",
     "load_template_tissues",
     "random_diffeomorphism",
+    "Deformation",
     "compose_displacements",
     "random_affine",
     "bias_field",

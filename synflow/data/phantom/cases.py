@@ -313,10 +313,10 @@ def make_registration_case(
     brain = tis.brain_mask
 
     # --- deformation (drawn on the static grid)
-    info: dict = {"seed": seed}
-    fwd, inv = random_diffeomorphism(s_shape, s_aff, mean_displacement_mm, smoothness_mm,
-                                     rng=np.random.default_rng(seeds[0]), mask=brain,
-                                     info=info)
+    deform = random_diffeomorphism(s_shape, s_aff, mean_displacement_mm, smoothness_mm,
+                                   rng=np.random.default_rng(seeds[0]), mask=brain)
+    info: dict = {"seed": seed, **deform.diagnostics()}
+    fwd, inv = deform.forward, deform.inverse
     t2 = load_template_tissues(2.0)
 
     # --- affine

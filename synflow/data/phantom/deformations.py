@@ -10,13 +10,18 @@ Displacements are float32 ``grid + (3,)`` in world mm (RAS) on the grid ``grid2w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 from scipy import ndimage as ndi
 
 from synflow.data.phantom.grid import _as_affine, _check_shape, _rng, sample_field, voxel_sizes
 
-__all__ = ["random_diffeomorphism", "compose_displacements", "random_affine",
+__all__ = ["Deformation", "random_diffeomorphism", "compose_displacements", "random_affine",
            "jacobian_determinant"]
+
 
 def compose_displacements(first: np.ndarray, second: np.ndarray,
                           grid2world: np.ndarray) -> np.ndarray:
@@ -52,6 +57,143 @@ def _n_squarings(v_vox: np.ndarray) -> int:
     return int(max(4, np.ceil(np.log2(max(vmax, 1e-6) / 0.125))))
 
 
+@dataclass
+class Deformation:
+    """A random diffeomorphism and its diagnostics (what :func:`random_diffeomorphism` returns).
+
+    Unpacks like the former ``(forward, inverse)`` tuple: ``fwd, inv = random_diffeomorphism(...)``.
+
+    Attributes
+    ----------
+    forward, inverse
+        float32 ``grid + (3,)`` displacements in world mm: ``phi(x) = x + forward(x)``,
+        ``phi^{-1}(x) = x + inverse(x)``.
+    mean_displacement_mm, max_displacement_mm
+        Mean (over the mask) and maximum ``|forward|`` (mm).
+    min_jacobian, min_jacobian_inverse
+        Smallest Jacobian determinant of ``forward`` / ``inverse`` (> 0: no folding).
+    n_squarings
+        Scaling-and-squaring steps used (0 for a zero field).
+    coarse_factor
+        Sub-lattice step the exponential was computed on.
+    """
+
+    forward: np.ndarray
+    inverse: np.ndarray
+    mean_displacement_mm: float
+    max_displacement_mm: float
+    min_jacobian: float
+    min_jacobian_inverse: float
+    n_squarings: int
+    coarse_factor: int
+
+    def diagnostics(self) -> dict[str, float | int]:
+        """The diagnostics as a dict (the keys the ``info`` argument receives)."""
+        return {"mean_displacement_mm": self.mean_displacement_mm,
+                "max_displacement_mm": self.max_displacement_mm,
+                "min_jacobian": self.min_jacobian,
+                "min_jacobian_inverse": self.min_jacobian_inverse,
+                "n_squarings": self.n_squarings, "coarse_factor": self.coarse_factor}
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.forward, self.inverse))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return (self.forward, self.inverse)[i]
+
+
+def _norm_mean(d_mm: np.ndarray, m: np.ndarray) -> float:
+    return float(np.sqrt((d_mm[m].astype(np.float64) ** 2).sum(-1)).mean())
+
+
+def _check_diffeo_args(shape: Any, grid2world: np.ndarray, mean_displacement_mm: float,
+                       smoothness_mm: float, mask: np.ndarray | None,
+                       coarse_factor: int | None
+                       ) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray, int]:
+    """Validated ``(shape, grid2world, mask, coarse_factor)`` of :func:`random_diffeomorphism`."""
+    shape = _check_shape(shape)
+    a = _as_affine(grid2world, "grid2world")
+    if not np.isfinite(mean_displacement_mm) or mean_displacement_mm < 0:
+        raise ValueError(f"mean_displacement_mm must be >= 0, got {mean_displacement_mm}")
+    if not np.isfinite(smoothness_mm) or smoothness_mm <= 0:
+        raise ValueError(f"smoothness_mm must be > 0, got {smoothness_mm}")
+    if mask is None:
+        mask = np.ones(shape, dtype=bool)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != shape or not mask.any():
+            raise ValueError(f"mask must be a non-empty boolean array of shape {shape}")
+    if coarse_factor is None:
+        coarse_factor = int(np.clip(np.floor(smoothness_mm / (3 * voxel_sizes(a).max())), 1, 4))
+    f = int(coarse_factor)
+    if f < 1:
+        raise ValueError(f"coarse_factor must be >= 1, got {coarse_factor}")
+    return shape, a, mask, f
+
+
+def _coarse_velocity(shape: tuple[int, int, int], a: np.ndarray, mask: np.ndarray, f: int,
+                     smoothness_mm: float, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed white noise (mm, per world axis) on the coarse lattice, and the coarse mask.
+
+    Coarse voxel ``K`` <-> fine voxel ``f*K`` (the lattice covers the whole grid).
+    """
+    cshape = tuple(int(np.ceil((n - 1) / f)) + 1 for n in shape)
+    cmask = mask[::f, ::f, ::f]
+    cmask = np.pad(cmask, [(0, cs - ms) for cs, ms in zip(cshape, cmask.shape, strict=True)])
+    if not cmask.any():
+        cmask = np.ones(cshape, bool)
+    sigma_vox = smoothness_mm / (voxel_sizes(a) * f)
+    v = np.empty(cshape + (3,), np.float32)
+    for c in range(3):
+        noise = rng.standard_normal(cshape, dtype=np.float32)
+        v[..., c] = ndi.gaussian_filter(noise, sigma_vox, mode="reflect", output=np.float32)
+    return v, cmask
+
+
+def _calibrated_exp(v: np.ndarray, cmask: np.ndarray, a: np.ndarray, f: int,
+                    mean_displacement_mm: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scale ``v`` (in place) so mean ``|exp(v)|`` over ``cmask`` hits the target (2 %).
+
+    Returns ``(exp(v), exp(-v), n_squarings)`` on the coarse lattice, in mm.
+    """
+    lin = (a[:3, :3] * f).astype(np.float32)  # coarse voxel -> mm (linear part)
+    linv = np.linalg.inv(a[:3, :3] * f).astype(np.float32)
+    v *= np.float32(mean_displacement_mm / _norm_mean(v, cmask))
+    for _ in range(4):
+        v_vox = v @ linv.T
+        n = _n_squarings(v_vox)
+        cfwd = _exp_vox(v_vox, n) @ lin.T
+        m = _norm_mean(cfwd, cmask)
+        if abs(m / mean_displacement_mm - 1.0) <= 0.02:
+            break
+        v *= np.float32(mean_displacement_mm / m)
+    cinv = _exp_vox(-v_vox, n) @ lin.T
+    return cfwd, cinv, n
+
+
+def _fine_fields(cfwd: np.ndarray, cinv: np.ndarray, shape: tuple[int, int, int],
+                 a: np.ndarray, f: int, n_refine: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse fields onto the grid (trilinear), then ``forward`` refined against ``inverse``."""
+    if f == 1:
+        fwd, inv = cfwd.astype(np.float32), cinv.astype(np.float32)
+    else:
+        vox = np.indices(shape, dtype=np.float32) / np.float32(f)
+        fwd = sample_field(cfwd.astype(np.float32), vox)
+        inv = sample_field(cinv.astype(np.float32), vox)
+    # Fixed-point refinement fwd(x) <- -inv(x + fwd(x)) on the grid, so that
+    # x -> x + fwd(x) -> (+ inv, trilinear) returns to x at every grid point (the ground
+    # truth of a case is evaluated exactly there, and ``inv`` is what generates images).
+    lfinv = np.linalg.inv(a[:3, :3]).astype(np.float32)
+    idx = np.indices(shape, dtype=np.float32)
+    for _ in range(n_refine):
+        fwd = -sample_field(inv, idx + (lfinv @ fwd.reshape(-1, 3).T).reshape(idx.shape))
+    return fwd, inv
+
+
 def random_diffeomorphism(
     shape: tuple[int, int, int],
     grid2world: np.ndarray,
@@ -62,7 +204,7 @@ def random_diffeomorphism(
     info: dict | None = None,
     coarse_factor: int | None = None,
     n_refine: int = 3,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Deformation:
     """Random smooth diffeomorphism ``phi = exp(v)`` and its inverse ``exp(-v)``.
 
     ``v`` is a stationary velocity field: white Gaussian noise (per world axis) smoothed by
@@ -89,9 +231,9 @@ def random_diffeomorphism(
     mask
         Optional boolean ``shape`` array (e.g. the brain) for the mean.
     info
-        Optional dict filled with diagnostics: ``mean_displacement_mm``,
+        Optional dict updated with :meth:`Deformation.diagnostics` (``mean_displacement_mm``,
         ``max_displacement_mm``, ``min_jacobian``, ``min_jacobian_inverse``, ``n_squarings``,
-        ``coarse_factor``.
+        ``coarse_factor``), also when the fields fold.
     coarse_factor
         Sub-lattice step (1 = compute on the full grid).
     n_refine
@@ -99,10 +241,10 @@ def random_diffeomorphism(
 
     Returns
     -------
-    forward, inverse : float32 ``shape + (3,)``
-        Displacements in world mm: ``phi(x) = x + forward(x)`` and
-        ``phi^{-1}(x) = x + inverse(x)`` (``inverse = exp(-v)``), so that
-        ``compose_displacements(forward, inverse) ~ 0``.
+    Deformation
+        ``forward, inverse`` (float32 ``shape + (3,)``, world mm; unpacks as a pair):
+        ``phi(x) = x + forward(x)`` and ``phi^{-1}(x) = x + inverse(x)`` (``inverse =
+        exp(-v)``), so that ``compose_displacements(forward, inverse) ~ 0``; plus diagnostics.
 
     Raises
     ------
@@ -110,87 +252,32 @@ def random_diffeomorphism(
         If the Jacobian determinant of either field is not > 0 everywhere (reduce
         ``mean_displacement_mm`` or increase ``smoothness_mm``).
     """
-    shape = _check_shape(shape)
-    a = _as_affine(grid2world, "grid2world")
-    if not np.isfinite(mean_displacement_mm) or mean_displacement_mm < 0:
-        raise ValueError(f"mean_displacement_mm must be >= 0, got {mean_displacement_mm}")
-    if not np.isfinite(smoothness_mm) or smoothness_mm <= 0:
-        raise ValueError(f"smoothness_mm must be > 0, got {smoothness_mm}")
-    if mask is None:
-        mask = np.ones(shape, dtype=bool)
-    else:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != shape or not mask.any():
-            raise ValueError(f"mask must be a non-empty boolean array of shape {shape}")
-    vs = voxel_sizes(a)
-    if coarse_factor is None:
-        coarse_factor = int(np.clip(np.floor(smoothness_mm / (3 * vs.max())), 1, 4))
-    f = int(coarse_factor)
-    if f < 1:
-        raise ValueError(f"coarse_factor must be >= 1, got {coarse_factor}")
+    shape, a, mask, f = _check_diffeo_args(shape, grid2world, mean_displacement_mm,
+                                           smoothness_mm, mask, coarse_factor)
     rng = _rng(rng)
     if mean_displacement_mm == 0:
         z = np.zeros(shape + (3,), np.float32)
-        if info is not None:
-            info.update(mean_displacement_mm=0.0, max_displacement_mm=0.0, min_jacobian=1.0,
-                        min_jacobian_inverse=1.0, n_squarings=0, coarse_factor=f)
-        return z, z.copy()
-
-    # coarse lattice: coarse voxel K <-> fine voxel f*K (covers the whole grid)
-    cshape = tuple(int(np.ceil((n - 1) / f)) + 1 for n in shape)
-    cmask = mask[::f, ::f, ::f]
-    cmask = np.pad(cmask, [(0, cs - ms) for cs, ms in zip(cshape, cmask.shape, strict=True)])
-    if not cmask.any():
-        cmask = np.ones(cshape, bool)
-    sigma_vox = smoothness_mm / (vs * f)
-    v = np.empty(cshape + (3,), np.float32)
-    for c in range(3):
-        noise = rng.standard_normal(cshape, dtype=np.float32)
-        v[..., c] = ndi.gaussian_filter(noise, sigma_vox, mode="reflect", output=np.float32)
-    lin = (a[:3, :3] * f).astype(np.float32)  # coarse voxel -> mm (linear part)
-    linv = np.linalg.inv(a[:3, :3] * f).astype(np.float32)
-
-    def norm_mean(d_mm: np.ndarray, m: np.ndarray) -> float:
-        return float(np.sqrt((d_mm[m].astype(np.float64) ** 2).sum(-1)).mean())
-
-    v *= np.float32(mean_displacement_mm / norm_mean(v, cmask))
-    for _ in range(4):
-        v_vox = v @ linv.T
-        n = _n_squarings(v_vox)
-        cfwd = _exp_vox(v_vox, n) @ lin.T
-        m = norm_mean(cfwd, cmask)
-        if abs(m / mean_displacement_mm - 1.0) <= 0.02:
-            break
-        v *= np.float32(mean_displacement_mm / m)
-    cinv = _exp_vox(-v_vox, n) @ lin.T
-    if f == 1:
-        fwd, inv = cfwd.astype(np.float32), cinv.astype(np.float32)
+        out = Deformation(z, z.copy(), 0.0, 0.0, 1.0, 1.0, 0, f)
     else:
-        vox = np.indices(shape, dtype=np.float32) / np.float32(f)
-        fwd = sample_field(cfwd.astype(np.float32), vox)
-        inv = sample_field(cinv.astype(np.float32), vox)
-    # Fixed-point refinement fwd(x) <- -inv(x + fwd(x)) on the grid, so that
-    # x -> x + fwd(x) -> (+ inv, trilinear) returns to x at every grid point (the ground
-    # truth of a case is evaluated exactly there, and ``inv`` is what generates images).
-    lfinv = np.linalg.inv(a[:3, :3]).astype(np.float32)
-    idx = np.indices(shape, dtype=np.float32)
-    for _ in range(n_refine):
-        fwd = -sample_field(inv, idx + (lfinv @ fwd.reshape(-1, 3).T).reshape(idx.shape))
-    jf = float(jacobian_determinant(fwd, a).min())
-    ji = float(jacobian_determinant(inv, a).min())
-    if info is not None:
-        info.update(
-            mean_displacement_mm=norm_mean(fwd, mask),
+        v, cmask = _coarse_velocity(shape, a, mask, f, smoothness_mm, rng)
+        cfwd, cinv, n = _calibrated_exp(v, cmask, a, f, mean_displacement_mm)
+        fwd, inv = _fine_fields(cfwd, cinv, shape, a, f, n_refine)
+        out = Deformation(
+            fwd, inv, mean_displacement_mm=_norm_mean(fwd, mask),
             max_displacement_mm=float(np.sqrt((fwd.astype(np.float64) ** 2).sum(-1)).max()),
-            min_jacobian=jf, min_jacobian_inverse=ji, n_squarings=n, coarse_factor=f,
-        )
-    if jf <= 0 or ji <= 0:
+            min_jacobian=float(jacobian_determinant(fwd, a).min()),
+            min_jacobian_inverse=float(jacobian_determinant(inv, a).min()),
+            n_squarings=n, coarse_factor=f)
+    if info is not None:
+        info.update(out.diagnostics())
+    if out.min_jacobian <= 0 or out.min_jacobian_inverse <= 0:
         raise ValueError(
-            f"random deformation folds (min Jacobian {min(jf, ji):.3f}): reduce "
+            f"random deformation folds (min Jacobian "
+            f"{min(out.min_jacobian, out.min_jacobian_inverse):.3f}): reduce "
             f"mean_displacement_mm={mean_displacement_mm} or increase "
             f"smoothness_mm={smoothness_mm}"
         )
-    return fwd, inv
+    return out
 
 
 def jacobian_determinant(disp_mm: np.ndarray, grid2world: np.ndarray) -> np.ndarray:

@@ -110,14 +110,13 @@ def make_subject(
     native world has the brain centre near ``brain_centre_MNI + native_origin_mm``."""
     rng = _rng(rng)
     tis = load_template_tissues(2.0)
-    info: dict = {}
-    fwd, inv = random_diffeomorphism(tis.shape, tis.affine, mean_displacement_mm,
-                                     smoothness_mm, rng=rng, mask=tis.brain_mask, info=info)
+    deform = random_diffeomorphism(tis.shape, tis.affine, mean_displacement_mm,
+                                   smoothness_mm, rng=rng, mask=tis.brain_mask)
     a = random_affine(rng, max_rotation_deg, max_translation_mm, max_scale, max_shear,
                       center_mm=brain_centre(tis))
     a[:3, 3] += np.asarray(native_origin_mm, dtype=np.float64)
-    return SyntheticSubject(forward=fwd, inverse=inv, to_native=a,
-                            template_affine=tis.affine.copy(), info=info)
+    return SyntheticSubject(forward=deform.forward, inverse=deform.inverse, to_native=a,
+                            template_affine=tis.affine.copy(), info=deform.diagnostics())
 
 
 def native_grid(subject: SyntheticSubject, voxel_size: Any, shape: tuple[int, int, int],
