@@ -5,6 +5,9 @@
 * :func:`compose_displacements` -- displacement of one map followed by another;
 * :func:`random_affine` -- random world affine about a centre (a case's ``prealign``).
 
+``jacobian_determinant`` is :func:`synflow.align.qc.jacobian_determinant` (re-exported: the one
+implementation, used for the fold check).
+
 Displacements are float32 ``grid + (3,)`` in world mm (RAS) on the grid ``grid2world``.
 """
 
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from synflow.align.qc import jacobian_determinant
 from synflow.data.phantom.grid import _as_affine, _check_shape, _rng, sample_field, voxel_sizes
 
 __all__ = ["Deformation", "random_diffeomorphism", "compose_displacements", "random_affine",
@@ -278,30 +282,6 @@ def random_diffeomorphism(
             f"smoothness_mm={smoothness_mm}"
         )
     return out
-
-
-def jacobian_determinant(disp_mm: np.ndarray, grid2world: np.ndarray) -> np.ndarray:
-    """Jacobian determinant of ``x -> x + d(x)`` (central finite differences, in world mm).
-
-    ``disp_mm`` is float ``grid + (3,)`` in world mm on the grid ``grid2world``. Returns float32
-    ``grid`` (1 = volume preserving, <= 0 = folding). One-sided differences at the edges.
-    """
-    d = np.asarray(disp_mm, dtype=np.float32)
-    if d.ndim != 4 or d.shape[-1] != 3:
-        raise ValueError(f"disp_mm must have shape grid+(3,), got {d.shape}")
-    a = _as_affine(grid2world, "grid2world")
-    linv = np.linalg.inv(a[:3, :3]).astype(np.float32)
-    # g[k][..., c] = d u_c / d i_k (voxel axes); world: J[c][w] = delta + sum_k g[k][c] linv[k, w]
-    g = np.gradient(d, axis=(0, 1, 2))
-    jac = [[np.float32(c == w) + sum(g[k][..., c] * linv[k, w] for k in range(3)
-                                     if linv[k, w] != 0)
-            for w in range(3)] for c in range(3)]
-    det = (
-        jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
-        - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
-        + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
-    )
-    return det.astype(np.float32)
 
 
 def _rotation(angles_rad: np.ndarray) -> np.ndarray:
