@@ -15,10 +15,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from synflow.align.affine_checks import check_affine
 from synflow.data.phantom.contrast import B0_CONTRAST, add_rician_noise, b0_like, bias_field
 from synflow.data.phantom.deformations import random_affine, random_diffeomorphism
 from synflow.data.phantom.grid import (
-    _as_affine,
     _check_shape,
     grid_world_points,
     sample_field,
@@ -63,7 +63,7 @@ def _pull_points_of_mapping(mapping: Any, static_shape: tuple[int, int, int],
         if prealign is None:
             p = np.eye(4) if p_from_map is None else p_from_map
         else:
-            p = _as_affine(prealign, "prealign")
+            p = check_affine(prealign, "prealign")
             if p_from_map is not None and not np.allclose(p, p_from_map, atol=1e-4):
                 raise ValueError(
                     "prealign does not match inv(mapping.prealign); pass the prealign "
@@ -72,7 +72,7 @@ def _pull_points_of_mapping(mapping: Any, static_shape: tuple[int, int, int],
         y = x + sample_at(x)
         return y @ p[:3, :3].T + p[:3, 3]
     qq = np.eye(4) if q is None else np.asarray(q, dtype=np.float64)
-    if prealign is not None and not np.allclose(_as_affine(prealign, "prealign"), qq,
+    if prealign is not None and not np.allclose(check_affine(prealign, "prealign"), qq,
                                                 atol=1e-4):
         raise ValueError("for is_inverse=False maps, prealign must equal mapping.prealign")
     qx = x @ qq[:3, :3].T + qq[:3, 3]
@@ -173,7 +173,7 @@ class RegistrationCase:
 
     def endpoint_error_of_affine(self, affine: np.ndarray) -> dict[str, float]:
         """:meth:`endpoint_error` of a pure affine ``static-world -> moving-world`` estimate."""
-        a = _as_affine(affine, "affine")
+        a = check_affine(affine, "affine")
         return self.endpoint_error(self.static_world_points @ a[:3, :3].T + a[:3, 3])
 
     def oracle_mapping(self) -> Any:
@@ -326,7 +326,7 @@ def make_registration_case(
                            center_mm=brain_centre(t2))
              if affine else np.eye(4))
     else:
-        p = _as_affine(affine, "affine")
+        p = check_affine(affine, "affine")
 
     # --- moving grid
     if moving_voxel_size is None and moving_shape is None:

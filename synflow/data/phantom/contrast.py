@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from synflow.data.phantom.grid import _as_affine, _check_shape, _rng, grid_world_points
+from synflow.align.affine_checks import check_affine
+from synflow.data.phantom.grid import _check_shape, _rng, grid_world_points
 
 __all__ = ["B0_CONTRAST", "bias_field", "add_rician_noise", "b0_like"]
 
@@ -32,7 +33,7 @@ def bias_field(shape: tuple[int, int, int], grid2world: np.ndarray, strength: fl
     if strength == 0:
         return np.ones(shape, np.float32)
     rng = _rng(rng)
-    a = _as_affine(grid2world, "grid2world")
+    a = check_affine(grid2world, "grid2world")
     # separable evaluation: coordinates along each voxel axis of the normalised world frame
     pts = grid_world_points(shape, a).astype(np.float32)
     ctr = pts.reshape(-1, 3).mean(0)

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from synflow.align.affine_checks import check_affine
 from synflow.align.qc import jacobian_determinant
-from synflow.data.phantom.grid import _as_affine, _check_shape, _rng, sample_field, voxel_sizes
+from synflow.data.phantom.grid import _check_shape, _rng, sample_field, voxel_sizes
 
 __all__ = ["Deformation", "random_diffeomorphism", "compose_displacements", "random_affine",
            "jacobian_determinant"]
@@ -39,7 +40,7 @@ def compose_displacements(first: np.ndarray, second: np.ndarray,
     second = np.asarray(second, dtype=np.float32)
     if first.ndim != 4 or first.shape[-1] != 3 or second.shape != first.shape:
         raise ValueError("first and second must both be shape grid+(3,) displacement fields")
-    a = _as_affine(grid2world, "grid2world")
+    a = check_affine(grid2world, "grid2world")
     linv = np.linalg.inv(a[:3, :3]).astype(np.float32)
     vox = np.indices(first.shape[:3], dtype=np.float32)
     vox += (linv @ first.reshape(-1, 3).T).reshape(vox.shape)
@@ -119,7 +120,7 @@ def _check_diffeo_args(shape: Any, grid2world: np.ndarray, mean_displacement_mm:
                        ) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray, int]:
     """Validated ``(shape, grid2world, mask, coarse_factor)`` of :func:`random_diffeomorphism`."""
     shape = _check_shape(shape)
-    a = _as_affine(grid2world, "grid2world")
+    a = check_affine(grid2world, "grid2world")
     if not np.isfinite(mean_displacement_mm) or mean_displacement_mm < 0:
         raise ValueError(f"mean_displacement_mm must be >= 0, got {mean_displacement_mm}")
     if not np.isfinite(smoothness_mm) or smoothness_mm <= 0:

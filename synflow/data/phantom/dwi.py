@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from synflow.align.affine_checks import check_affine
 from synflow.data.phantom.contrast import B0_CONTRAST, add_rician_noise, bias_field
-from synflow.data.phantom.grid import _as_affine, _rng, voxel_sizes
+from synflow.data.phantom.grid import _rng, voxel_sizes
 from synflow.data.phantom.subjects import make_subject, native_grid
 
 __all__ = ["dwi_signal", "random_fibre_directions", "unit_directions", "SMALL_DWI_BVALS",
@@ -55,7 +56,7 @@ def random_fibre_directions(shape: tuple[int, int, int], grid2world: np.ndarray,
                             smoothness_mm: float = 10.0) -> np.ndarray:
     """Smooth random unit vector field (float32 ``shape + (3,)``), e.g. WM fibre directions."""
     rng = _rng(rng)
-    sig = smoothness_mm / voxel_sizes(_as_affine(grid2world, "grid2world"))
+    sig = smoothness_mm / voxel_sizes(check_affine(grid2world, "grid2world"))
     v = np.stack([ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sig)
                   for _ in range(3)], axis=-1)
     v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)

@@ -14,14 +14,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from synflow.align.affine_checks import check_affine
+
 __all__ = ["grid_world_points", "world_to_vox", "sample_image", "sample_field", "voxel_sizes"]
-
-
-def _as_affine(a: Any, name: str) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be a finite 4x4 matrix, got shape {a.shape}")
-    return a
 
 
 def _check_shape(shape: Any, name: str = "shape") -> tuple[int, int, int]:
@@ -38,7 +33,7 @@ def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 def grid_world_points(shape: tuple[int, int, int], grid2world: np.ndarray) -> np.ndarray:
     """World coordinates (RAS mm) of every voxel centre: float64 ``shape + (3,)``."""
     shape = _check_shape(shape)
-    a = _as_affine(grid2world, "grid2world")
+    a = check_affine(grid2world, "grid2world")
     idx = np.indices(shape, dtype=np.float64).reshape(3, -1)
     return (a[:3, :3] @ idx + a[:3, 3:]).T.reshape(shape + (3,))
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from synflow.align.affine_checks import check_affine
 from synflow.data.phantom.contrast import b0_like
 from synflow.data.phantom.deformations import random_affine, random_diffeomorphism
 from synflow.data.phantom.grid import (
-    _as_affine,
     _rng,
     grid_world_points,
     sample_field,
@@ -72,7 +72,7 @@ class SyntheticSubject:
         tis = load_template_tissues(2.0)
         pts = grid_world_points(shape, grid2world)
         if world_motion is not None:
-            mo = _as_affine(world_motion, "world_motion")
+            mo = check_affine(world_motion, "world_motion")
             pts = pts @ mo[:3, :3].T + mo[:3, 3]
         t = self.template_point_of(pts)
         vox = world_to_vox(t, tis.affine).astype(np.float32)
