@@ -176,25 +176,6 @@ class RegistrationCase:
         a = check_affine(affine, "affine")
         return self.endpoint_error(self.static_world_points @ a[:3, :3].T + a[:3, 3])
 
-    def oracle_mapping(self) -> Any:
-        """An exact DIPY ``DiffeomorphicMap`` built from the truth (needs ``dipy``).
-
-        ``transform(moving)`` pulls ``moving`` onto the static grid through the true map;
-        use with ``prealign=self.prealign``. (Its ``forward`` field is the inverse
-        displacement on the static grid and is only approximately consistent.)
-        """
-        from dipy.align.imwarp import DiffeomorphicMap
-
-        m = DiffeomorphicMap(
-            3, self.static.shape, disp_grid2world=self.static_affine,
-            domain_shape=self.moving.shape, domain_grid2world=self.moving_affine,
-            codomain_shape=self.static.shape, codomain_grid2world=self.static_affine,
-            prealign=np.linalg.inv(self.prealign))
-        m.forward = np.ascontiguousarray(self.true_inverse_displacement, dtype=np.float32)
-        m.backward = np.ascontiguousarray(self.true_displacement, dtype=np.float32)
-        m.is_inverse = True
-        return m
-
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Write NIfTI/text files (for external tools): static, moving, masks, labels,
         ``prealign.txt`` (4x4, static-world -> moving-world), and
