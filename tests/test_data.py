@@ -160,7 +160,7 @@ def test_case_oracle(case: ph.RegistrationCase):
     assert c.endpoint_error(c.static_world_points)["mean"] > 3
     assert 1.5 < c.endpoint_error_of_affine(c.prealign)["mean"] < 4
     # warping moving (noise-free) with the true pull map reproduces static (noise-free)
-    vox = ph._world_to_vox(c.true_pull_points(), c.moving_affine)
+    vox = ph.world_to_vox(c.true_pull_points(), c.moving_affine)
     warped = ndi.map_coordinates(c.moving_clean, vox, order=3, mode="nearest")
     m = c.brain_mask
     ref = c.static_clean[m].mean()
@@ -197,7 +197,7 @@ def test_case_other_moving_grid_deterministic():
                                    mean_displacement_mm=1.5)
     assert c1.moving.shape == (78, 93, 63)
     np.testing.assert_allclose(c1.prealign, np.eye(4))
-    vox = ph._world_to_vox(c1.true_pull_points(), c1.moving_affine)
+    vox = ph.world_to_vox(c1.true_pull_points(), c1.moving_affine)
     warped = ndi.map_coordinates(c1.moving_clean, vox, order=1, mode="nearest")
     b = c1.brain_mask
     assert np.abs(warped - c1.static_clean)[b].mean() / c1.static_clean[b].mean() < 0.08
@@ -259,7 +259,7 @@ def test_demo_dataset_bids(tmp_path):
     # the native b0 pulled through the true map matches the template b0
     f = root / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
     img = nib.load(f)
-    vox = ph._world_to_vox(truth.pull_points(), img.affine)
+    vox = ph.world_to_vox(truth.pull_points(), img.affine)
     warped = ndi.map_coordinates(np.asarray(img.dataobj[..., 0], np.float32), vox, order=1)
     tpl = nib.load(str(get_template("b0"))).get_fdata()
     m = ref.brain_mask
