@@ -130,6 +130,24 @@ def test_velocity_exponentiation_inverse_and_jacobian():
     assert abs(ph.jacobian_determinant(fwd, t.affine)[t.brain_mask].mean() - 1) < 0.05
 
 
+def test_deformation_dataclass_unpacks_and_reports():
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    info: dict = {}
+    d = ph.random_diffeomorphism((20, 22, 18), aff, 1.0, 6.0, rng=3, info=info)
+    fwd, inv = d
+    assert fwd is d.forward and inv is d.inverse and d[1] is d.inverse and len(d) == 2
+    assert info == d.diagnostics()
+    assert d.min_jacobian == pytest.approx(float(ph.jacobian_determinant(fwd, aff).min()))
+    z = ph.random_diffeomorphism((4, 4, 4), aff, 0.0)
+    assert z.n_squarings == 0 and not z.forward.any() and z.min_jacobian == 1.0
+
+
+def test_phantom_jacobian_is_the_qc_one():
+    from synflow.align.qc import jacobian_determinant
+
+    assert ph.jacobian_determinant is jacobian_determinant
+
+
 def test_jacobian_of_linear_field():
     aff = np.diag([2.0, 3.0, 1.5, 1.0])
     x = ph.grid_world_points((10, 12, 9), aff)

@@ -150,6 +150,7 @@ def make_demo_dataset(
 
 def _check_demo_args(root: Path, n_participants: int, b0_values: tuple[float, ...],
                      n_directions: int, overwrite: bool) -> None:
+    """ValueError naming the argument for a bad :func:`make_demo_dataset` call."""
     if n_participants < 1:
         raise ValueError(f"n_participants must be >= 1, got {n_participants}")
     if not b0_values or any(b < 0 or b > 50 for b in b0_values) or b0_values[0] != 0:
