@@ -358,8 +358,6 @@ def demo_registration_error(truth_dir: str | os.PathLike, subject: str,
     if est.shape != t.displacement.shape:
         raise ValueError(f"pull_points_mm_on_reference_grid must have shape "
                          f"{t.displacement.shape}, got {est.shape}")
-    err = np.sqrt(((est - t.pull_points())[t.brain_mask] ** 2).sum(-1))
-    if not np.all(np.isfinite(err)):
-        raise ValueError("pull_points_mm_on_reference_grid has non-finite values in the brain")
-    return {"mean": float(err.mean()), "median": float(np.median(err)),
-            "p95": float(np.percentile(err, 95)), "max": float(err.max())}
+    return ph.endpoint_error_stats(est, t.pull_points(), t.brain_mask,
+                                   "pull_points_mm_on_reference_grid",
+                                   "has non-finite values in the brain")

@@ -31,7 +31,12 @@ Conventions (same as DIPY, see CONTRIBUTING.md):
 
 from __future__ import annotations
 
-from synflow.data.phantom.cases import RegistrationCase, dice, make_registration_case
+from synflow.data.phantom.cases import (
+    RegistrationCase,
+    dice,
+    endpoint_error_stats,
+    make_registration_case,
+)
 from synflow.data.phantom.contrast import B0_CONTRAST, add_rician_noise, b0_like, bias_field
 from synflow.data.phantom.deformations import (
     Deformation,
@@ -94,6 +99,7 @@ __all__ = [
     "make_small_dwi",
     "write_bundled_examples",
     "dice",
+    "endpoint_error_stats",
     "jacobian_determinant",
     "grid_world_points",
     "tissue_labels",

@@ -28,7 +28,23 @@ from synflow.data.phantom.grid import (
 )
 from synflow.data.phantom.template import brain_centre, load_template_tissues, tissue_labels
 
-__all__ = ["RegistrationCase", "make_registration_case", "dice"]
+__all__ = ["RegistrationCase", "make_registration_case", "dice", "endpoint_error_stats"]
+
+
+def endpoint_error_stats(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray,
+                         name: str = "estimate",
+                         nonfinite: str = "has non-finite values in the mask"
+                         ) -> dict[str, float]:
+    """``{"mean", "median", "p95", "max"}`` of ``|estimate - truth|`` (mm) over ``mask``.
+
+    ``estimate``, ``truth``: float ``grid + (3,)`` points (world mm); ``mask``: bool ``grid``.
+    Raises ValueError ``f"{name} {nonfinite}"`` if an error in the mask is not finite.
+    """
+    err = np.sqrt(((estimate - truth)[mask] ** 2).sum(-1))
+    if not np.all(np.isfinite(err)):
+        raise ValueError(f"{name} {nonfinite}")
+    return {"mean": float(err.mean()), "median": float(np.median(err)),
+            "p95": float(np.percentile(err, 95)), "max": float(err.max())}
 
 def _pull_points_of_mapping(mapping: Any, static_shape: tuple[int, int, int],
                             static_affine: np.ndarray,
@@ -149,11 +165,8 @@ class RegistrationCase:
             raise ValueError(f"pull_points_mm must have shape {self.static.shape + (3,)}, "
                              f"got {est.shape}")
         m = self.brain_mask if mask is None else np.asarray(mask, dtype=bool)
-        err = np.sqrt(((est - self.true_pull_points())[m] ** 2).sum(-1))
-        if not np.all(np.isfinite(err)):
-            raise ValueError("pull_points_mm contains non-finite values in the mask")
-        return {"mean": float(err.mean()), "median": float(np.median(err)),
-                "p95": float(np.percentile(err, 95)), "max": float(err.max())}
+        return endpoint_error_stats(est, self.true_pull_points(), m, "pull_points_mm",
+                                    "contains non-finite values in the mask")
 
     def pull_points_of_mapping(self, mapping: Any,
                                prealign: np.ndarray | None = None) -> np.ndarray:
