@@ -5,7 +5,8 @@ Everything here ships inside the package (no network access is ever attempted).
 * :func:`get_template` -- paths of the 2 mm template files (RAS, MNI world, 98x116x94).
 * :func:`get_fnames` -- DIPY-style access to synflow's bundled example files
   (``"b0_pair"``, ``"small_dwi"``, template names).
-* :mod:`synflow.data.phantom` -- synthetic registration cases with known answers.
+* :mod:`synflow.data.phantom` -- synthetic registration cases with known answers (a package:
+  deformations, contrast and noise, cases, subjects, DWI simulation, example files).
 * :mod:`synflow.data.demo` -- a demo BIDS DWI dataset generated on the fly.
 
 The template is derived from the ICBM 2009a nonlinear symmetric template

@@ -80,7 +80,7 @@ def _gradient_table(b0_values: tuple[float, ...], n_directions: int,
         pos.append(max(pos) + 1)
     bvals = np.full(n, float(bval))
     bvecs = np.zeros((n, 3))
-    dirs = ph._unit_dirs(n_directions)
+    dirs = ph.unit_directions(n_directions)
     rest = [i for i in range(n) if i not in pos]
     for p, b in zip(pos, b0_values, strict=True):
         bvals[p] = float(b)
@@ -128,6 +128,29 @@ def make_demo_dataset(
     (= RAS for these axis-aligned grids), as DIPY reads them. Deterministic in ``seed``.
     """
     root = Path(out_dir)
+    _check_demo_args(root, n_participants, b0_values, n_directions, overwrite)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    truth_root = _write_dataset_files(root, seed)
+    rows = ["participant_id\tage\tsex"]
+    bvals, bvecs = _gradient_table(tuple(b0_values), n_directions, bval)
+    for p in range(1, n_participants + 1):
+        sub = f"sub-{p:02d}"
+        rows.append(f"{sub}\t{int(rng.integers(20, 70))}\t{'FM'[int(rng.integers(0, 2))]}")
+        origin = rng.uniform(-20, 20, 3)
+        subj = ph.make_subject(rng, mean_displacement_mm, max_rotation_deg=6.0,
+                               max_translation_mm=8.0, max_scale=0.05,
+                               native_origin_mm=origin)
+        runs = [None] if p != two_runs_participant else [1, 2]
+        for run in runs:
+            _write_series(root, truth_root, sub, run, subj, p == 1, bvals, bvecs, snr, rng)
+    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _check_demo_args(root: Path, n_participants: int, b0_values: tuple[float, ...],
+                     n_directions: int, overwrite: bool) -> None:
+    """ValueError naming the argument for a bad :func:`make_demo_dataset` call."""
     if n_participants < 1:
         raise ValueError(f"n_participants must be >= 1, got {n_participants}")
     if not b0_values or any(b < 0 or b > 50 for b in b0_values) or b0_values[0] != 0:
@@ -136,11 +159,13 @@ def make_demo_dataset(
         raise ValueError(f"n_directions must be >= 1, got {n_directions}")
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise ValueError(f"out_dir {root} exists and is not empty (pass overwrite=True)")
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    tis = ph.load_template_tissues(2.0)
-    centre = ph._brain_centre(tis)
 
+
+def _write_dataset_files(root: Path, seed: int) -> Path:
+    """Dataset-level files (description, README, participants.json, truth README).
+
+    Returns the truth folder ``sourcedata/truth``.
+    """
     (root / "dataset_description.json").write_text(json.dumps({
         "Name": "synflow demo DWI dataset (synthetic)",
         "BIDSVersion": "1.9.0",
@@ -162,93 +187,96 @@ def make_demo_dataset(
     truth_root = root / "sourcedata" / "truth"
     truth_root.mkdir(parents=True, exist_ok=True)
     (truth_root / "README").write_text(_TRUTH_README)
+    return truth_root
 
-    rows = ["participant_id\tage\tsex"]
+
+def _write_series(root: Path, truth_root: Path, sub: str, run: int | None,
+                  subj: ph.SyntheticSubject, first: bool, bvals: np.ndarray,
+                  bvecs: np.ndarray, snr: float, rng: np.random.Generator) -> None:
+    """Simulate one DWI series of ``subj`` and write it (BIDS files) and its truth."""
+    tis = ph.load_template_tissues(2.0)
+    centre = ph.brain_centre(tis)
+    prefix = sub if run is None else f"{sub}_run-{run}"
+    to_native = subj.to_native.copy()
+    if run == 2:  # same head, repositioned: extra rigid motion about the brain centre
+        c_nat = to_native[:3, :3] @ centre + to_native[:3, 3]
+        to_native = _small_rigid(rng, c_nat, 5.0, 6.0) @ to_native
+    series = ph.SyntheticSubject(subj.forward, subj.inverse, to_native,
+                                 subj.template_affine, subj.info)
+    vs, shape = (2.0, (90, 110, 74)) if first else (2.5, (72, 88, 60))
+    aff = ph.native_grid(series, vs, shape, offset_mm=rng.uniform(-6, 6, 3))
+    c_nat = to_native[:3, :3] @ centre + to_native[:3, 3]
+    motions = [_small_rigid(rng, c_nat, 1.0, 1.0) if k > 0 and b <= 50 else np.eye(4)
+               for k, b in enumerate(bvals)]
+    ref_tis = series.tissues_on(shape, aff)
+    data = _simulate_dwi(ref_tis, aff, bvals, bvecs, motions, snr, rng)
+    _write_dwi_files(root / sub / "dwi", prefix, data, aff, bvals, bvecs, vs, run)
+    tdir = truth_root / sub
+    tdir.mkdir(parents=True, exist_ok=True)
+    np.savetxt(tdir / f"{prefix}_{_PULL}_xfm.txt", to_native, fmt="%.10f",
+               header="template world -> native world (RAS mm); "
+                      "pull(x) = A @ (x + u(x))")
+    if run in (None, 1):  # one displacement per participant (same anatomy)
+        disp = nib.Nifti1Image(series.forward.astype(np.float32), tis.affine)
+        disp.header.set_xyzt_units("mm")
+        _write_nifti_gz(disp, tdir / f"{sub}_{_PULL}_displacement.nii.gz")
+    (tdir / f"{prefix}_desc-motion_xfm.json").write_text(json.dumps({
+        "Description": "vol_to_ref M_k: volume k at native y shows the anatomy "
+                       "volume 0 shows at M_k @ y (RAS mm)",
+        "volumes": [{"index": k, "bval": float(bvals[k]),
+                     "vol_to_ref": np.round(motions[k], 10).tolist()}
+                    for k in range(len(bvals))],
+    }, indent=1) + "\n")
+    labels = ph.tissue_labels(ref_tis["CSF"], ref_tis["GM"], ref_tis["WM"])
+    _write_nifti_gz(nib.Nifti1Image(labels.astype(np.uint8), aff),
+                    tdir / f"{prefix}_desc-truth_dseg.nii.gz")
+
+
+def _simulate_dwi(ref_tis: dict[str, np.ndarray], aff: np.ndarray, bvals: np.ndarray,
+                  bvecs: np.ndarray, motions: list[np.ndarray], snr: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Noisy, biased DWI volumes (float32 grid + (n,)); moved b0-like volumes resampled."""
+    shape = ref_tis["CSF"].shape
     wm_signal = 1000.0 * ph.B0_CONTRAST["WM"]
-    bvals, bvecs = _gradient_table(tuple(b0_values), n_directions, bval)
-    for p in range(1, n_participants + 1):
-        sub = f"sub-{p:02d}"
-        rows.append(f"{sub}\t{int(rng.integers(20, 70))}\t{'FM'[int(rng.integers(0, 2))]}")
-        origin = rng.uniform(-20, 20, 3)
-        subj = ph.make_subject(rng, mean_displacement_mm, max_rotation_deg=6.0,
-                               max_translation_mm=8.0, max_scale=0.05,
-                               native_origin_mm=origin)
-        runs = [None] if p != two_runs_participant else [1, 2]
-        for run in runs:
-            prefix = sub if run is None else f"{sub}_run-{run}"
-            to_native = subj.to_native.copy()
-            if run == 2:  # same head, repositioned: extra rigid motion about the brain centre
-                c_nat = to_native[:3, :3] @ centre + to_native[:3, 3]
-                to_native = _small_rigid(rng, c_nat, 5.0, 6.0) @ to_native
-            series = ph.SyntheticSubject(subj.forward, subj.inverse, to_native,
-                                         subj.template_affine, subj.info)
-            if p == 1:
-                vs, shape = 2.0, (90, 110, 74)
-            else:
-                vs, shape = 2.5, (72, 88, 60)
-            aff = ph.native_grid(series, vs, shape, offset_mm=rng.uniform(-6, 6, 3))
-            c_nat = to_native[:3, :3] @ centre + to_native[:3, 3]
-            motions = []
-            for k, b in enumerate(bvals):
-                moved = k > 0 and b <= 50
-                motions.append(_small_rigid(rng, c_nat, 1.0, 1.0) if moved else np.eye(4))
-            fib = ph.random_fibre_directions(shape, aff, rng)
-            bias = ph.bias_field(shape, aff, 0.2, rng)
-            ref_tis = series.tissues_on(shape, aff)
-            data = np.empty(shape + (len(bvals),), np.float32)
-            for k in range(len(bvals)):
-                if k == 0 or bvals[k] > 50:
-                    t_k = ref_tis
-                else:  # moved head: resample the reference tissue maps at M_k @ y
-                    pts = ph.grid_world_points(shape, aff).astype(np.float32)
-                    mk = motions[k].astype(np.float32)
-                    vox = ph._world_to_vox(pts @ mk[:3, :3].T + mk[:3, 3], aff)
-                    t_k = {n: ph._sample(v, vox, order=1, mode="constant")
-                           for n, v in ref_tis.items()}
-                sig = ph.dwi_signal(t_k, bvals[k:k + 1], bvecs[k:k + 1], fib)[..., 0]
-                data[..., k] = ph.add_rician_noise(sig * bias, wm_signal / snr, rng)
-            dwi_dir = root / sub / "dwi"
-            dwi_dir.mkdir(parents=True, exist_ok=True)
-            img = nib.Nifti1Image(np.clip(np.rint(data), 0, 32767).astype(np.int16), aff)
-            img.header.set_xyzt_units("mm", "sec")
-            img.header.set_qform(aff, code=1)
-            img.header.set_sform(aff, code=1)
-            _write_nifti_gz(img, dwi_dir / f"{prefix}_dwi.nii.gz")
-            np.savetxt(dwi_dir / f"{prefix}_dwi.bval", bvals[None], fmt="%g")
-            np.savetxt(dwi_dir / f"{prefix}_dwi.bvec", bvecs.T, fmt="%.6f")
-            (dwi_dir / f"{prefix}_dwi.json").write_text(json.dumps({
-                "PhaseEncodingDirection": "j-",
-                "TotalReadoutTime": 0.0502,
-                "EffectiveEchoSpacing": 0.00057,
-                "EchoTime": 0.089,
-                "RepetitionTime": 7.2,
-                "MagneticFieldStrength": 3,
-                "Manufacturer": "synflow-phantom",
-                "SliceThickness": vs,
-                "MultipartID": "dwi_1" if run is None else f"dwi_run{run}",
-            }, indent=2) + "\n")
-            # ---- truth
-            tdir = truth_root / sub
-            tdir.mkdir(parents=True, exist_ok=True)
-            np.savetxt(tdir / f"{prefix}_{_PULL}_xfm.txt", to_native, fmt="%.10f",
-                       header="template world -> native world (RAS mm); "
-                              "pull(x) = A @ (x + u(x))")
-            if run in (None, 1):  # one displacement per participant (same anatomy)
-                disp = nib.Nifti1Image(series.forward.astype(np.float32), tis.affine)
-                disp.header.set_xyzt_units("mm")
-                _write_nifti_gz(disp, tdir / f"{sub}_{_PULL}_displacement.nii.gz")
-            (tdir / f"{prefix}_desc-motion_xfm.json").write_text(json.dumps({
-                "Description": "vol_to_ref M_k: volume k at native y shows the anatomy "
-                               "volume 0 shows at M_k @ y (RAS mm)",
-                "volumes": [{"index": k, "bval": float(bvals[k]),
-                             "vol_to_ref": np.round(motions[k], 10).tolist()}
-                            for k in range(len(bvals))],
-            }, indent=1) + "\n")
-            labels = ph.tissue_labels(ref_tis["CSF"], ref_tis["GM"], ref_tis["WM"])
-            _write_nifti_gz(nib.Nifti1Image(labels.astype(np.uint8), aff),
-                            tdir / f"{prefix}_desc-truth_dseg.nii.gz")
-    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
-    return root
+    fib = ph.random_fibre_directions(shape, aff, rng)
+    bias = ph.bias_field(shape, aff, 0.2, rng)
+    data = np.empty(shape + (len(bvals),), np.float32)
+    for k in range(len(bvals)):
+        if k == 0 or bvals[k] > 50:
+            t_k = ref_tis
+        else:  # moved head: resample the reference tissue maps at M_k @ y
+            pts = ph.grid_world_points(shape, aff).astype(np.float32)
+            mk = motions[k].astype(np.float32)
+            vox = ph.world_to_vox(pts @ mk[:3, :3].T + mk[:3, 3], aff)
+            t_k = {n: ph.sample_image(v, vox, order=1, mode="constant")
+                   for n, v in ref_tis.items()}
+        sig = ph.dwi_signal(t_k, bvals[k:k + 1], bvecs[k:k + 1], fib)[..., 0]
+        data[..., k] = ph.add_rician_noise(sig * bias, wm_signal / snr, rng)
+    return data
+
+
+def _write_dwi_files(dwi_dir: Path, prefix: str, data: np.ndarray, aff: np.ndarray,
+                     bvals: np.ndarray, bvecs: np.ndarray, vs: float, run: int | None) -> None:
+    """``<prefix>_dwi.{nii.gz,bval,bvec,json}`` (int16 image, sidecar with BIDS metadata)."""
+    dwi_dir.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.clip(np.rint(data), 0, 32767).astype(np.int16), aff)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(aff, code=1)
+    img.header.set_sform(aff, code=1)
+    _write_nifti_gz(img, dwi_dir / f"{prefix}_dwi.nii.gz")
+    np.savetxt(dwi_dir / f"{prefix}_dwi.bval", bvals[None], fmt="%g")
+    np.savetxt(dwi_dir / f"{prefix}_dwi.bvec", bvecs.T, fmt="%.6f")
+    (dwi_dir / f"{prefix}_dwi.json").write_text(json.dumps({
+        "PhaseEncodingDirection": "j-",
+        "TotalReadoutTime": 0.0502,
+        "EffectiveEchoSpacing": 0.00057,
+        "EchoTime": 0.089,
+        "RepetitionTime": 7.2,
+        "MagneticFieldStrength": 3,
+        "Manufacturer": "synflow-phantom",
+        "SliceThickness": vs,
+        "MultipartID": "dwi_1" if run is None else f"dwi_run{run}",
+    }, indent=2) + "\n")
 
 
 @dataclass
@@ -330,8 +358,6 @@ def demo_registration_error(truth_dir: str | os.PathLike, subject: str,
     if est.shape != t.displacement.shape:
         raise ValueError(f"pull_points_mm_on_reference_grid must have shape "
                          f"{t.displacement.shape}, got {est.shape}")
-    err = np.sqrt(((est - t.pull_points())[t.brain_mask] ** 2).sum(-1))
-    if not np.all(np.isfinite(err)):
-        raise ValueError("pull_points_mm_on_reference_grid has non-finite values in the brain")
-    return {"mean": float(err.mean()), "median": float(np.median(err)),
-            "p95": float(np.percentile(err, 95)), "max": float(err.max())}
+    return ph.endpoint_error_stats(est, t.pull_points(), t.brain_mask,
+                                   "pull_points_mm_on_reference_grid",
+                                   "has non-finite values in the brain")
