@@ -65,7 +65,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "align/tests/test_scalespace.py::test_scale_space_exceptions": (
         f"{PENDING}: ScaleSpace.get_image(invalid level) must raise ValueError"),
     # --- dipy.segment.mask
-    "segment/tests/test_mask.py::test_mask": f"{PENDING}: segment.mask.otsu",
     "segment/tests/test_mask.py::test_median_otsu": (
         f"{PERMANENT}: asserts DIPY's own dipy.utils.deprecator.ArgsDeprecationWarning "
         "(autocrop); synflow warns with its own class"),
