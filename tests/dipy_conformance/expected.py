@@ -57,8 +57,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     # --- dipy.align.transforms
     "align/tests/test_transforms.py::test_invalid_transform": (
         f"{PENDING}: Transform().get_identity_parameters() must raise ValueError"),
-    # --- dipy.align.reslice
-    "align/tests/test_reslice.py::test_resample": f"{PENDING}: synflow.align.reslice",
     # --- dipy.align.scalespace
     "align/tests/test_scalespace.py::test_scale_space": (
         f"{PENDING}: imwarp.get_direction_and_spacings"),
