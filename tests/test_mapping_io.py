@@ -263,3 +263,40 @@ def test_bad_input(tmp_path, case, sf_map):
 
     with pytest.raises(ValueError, match="mapping.forward"):
         write_mapping(Empty(), tmp_path / "e.nii.gz")
+
+
+def _as_4d(img, n=3):
+    data = np.stack([img.get_fdata(dtype=np.float32) * (1 + k) for k in range(n)], -1)
+    return nib.Nifti1Image(data, img.affine)
+
+
+def test_images_in_tutorial_order_recognised_by_grid(tmp_path, case, sf_map):
+    """DIPY's 3-D tutorial calls read_mapping(f, static_4d_series, moving_b0)."""
+    m = sf_map
+    fname = tmp_path / "map.nii.gz"
+    write_mapping(m, fname)
+    nib.save(_as_4d(case["static"]), tmp_path / "static_4d.nii.gz")
+    nib.save(case["moving"], tmp_path / "moving.nii.gz")
+    with pytest.warns(UserWarning, match="order") as record:
+        r = read_mapping(fname, tmp_path / "static_4d.nii.gz", tmp_path / "moving.nii.gz")
+    assert sum(issubclass(w.category, UserWarning) for w in record) == 1
+    _assert_same_warps(r, m, case)
+    # documented order, 4-D moving: no warning, same map
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r2 = read_mapping(fname, _as_4d(case["moving"]), case["static"])
+    _assert_same_warps(r2, m, case)
+
+
+def test_images_on_neither_grid_name_both(tmp_path, case, sf_map):
+    fname = tmp_path / "map.nii.gz"
+    write_mapping(sf_map, fname)
+    shifted = case["moving"].affine.copy()
+    shifted[:3, 3] += 5.0
+    bad = nib.Nifti1Image(case["moving"].get_fdata(), shifted)
+    with pytest.raises(ValueError, match="(?s)domain.*moving.*codomain.*static") as err:
+        read_mapping(fname, bad, case["static"])
+    assert str(tuple(case["moving"].shape)) in str(err.value)
+    assert str(tuple(case["static"].shape)) in str(err.value)

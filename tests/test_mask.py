@@ -340,3 +340,27 @@ def test_median_otsu_matches_dipy_default_parameters():
     s0 = _dipy_file("S0_10slices.nii.gz")[..., 0]
     ref = _dipy_median_otsu(s0)[1]
     np.testing.assert_array_equal(median_otsu(s0)[1], ref)
+
+
+@pytest.mark.needs_dipy
+@pytest.mark.parametrize("kw", [dict(dilate=2), dict(finalize_mask=True), dict(autocrop=True),
+                                dict(dilate=1, finalize_mask=True, autocrop=True)])
+def test_median_otsu_options_match_dipy(kw):
+    """dilate, finalize_mask and the deprecated autocrop, on a 4-D input, as DIPY."""
+    vol, _ = _synthetic_head()
+    series = np.stack([vol, 0.9 * vol], -1).astype(np.float64)
+    ref_masked, ref = _dipy_median_otsu(series, vol_idx=[0, 1], median_radius=2, numpass=2,
+                                        **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        masked, m = median_otsu(series, vol_idx=[0, 1], median_radius=2, numpass=2, **kw)
+    np.testing.assert_array_equal(m, ref.astype(bool))
+    np.testing.assert_array_equal(masked, ref_masked)
+
+
+def test_mask_module_offers_dipy_names():
+    from synflow.segment import mask, threshold
+
+    assert mask.otsu is threshold.otsu
+    for name in ("applymask", "bounding_box", "crop", "median_otsu", "multi_median", "otsu"):
+        assert name in mask.__all__

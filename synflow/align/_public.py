@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
@@ -165,20 +166,53 @@ def _load_image(img: PathOrImage, argname: str) -> nib.spatialimages.SpatialImag
     )
 
 
-def _check_grid(img, shape, grid2world, argname: str, stored: str) -> None:
-    """Raise if image ``img`` does not lie on the stored grid ``(shape, grid2world)``."""
-    ishape = tuple(img.shape[:3])
+def _on_grid(img, shape, grid2world) -> bool:
+    """Whether image ``img`` (its first three axes) lies on the grid ``(shape, grid2world)``."""
     gaff = np.eye(4) if grid2world is None else np.asarray(grid2world)
-    if shape is not None and ishape != tuple(shape):
-        raise ValueError(
-            f"{argname} has shape {ishape} but the mapping file stores {stored} shape "
-            f"{tuple(shape)}"
+    if shape is not None and tuple(img.shape[:3]) != tuple(shape):
+        return False
+    return bool(np.allclose(img.affine, gaff, rtol=0, atol=_ATOL))
+
+
+def _grid_text(shape, grid2world) -> str:
+    gaff = np.eye(4) if grid2world is None else np.asarray(grid2world)
+    return f"shape {None if shape is None else tuple(shape)}, affine\n{np.round(gaff, 4)}"
+
+
+def _check_images(meta: dict, domain_img: PathOrImage | None,
+                  codomain_img: PathOrImage | None) -> None:
+    """Check the given images against the stored grids, in either order.
+
+    DIPY's documented order is ``(domain_img=moving, codomain_img=static)``; images
+    given the other way round (as DIPY's own 3-D SyN tutorial does) are recognised by
+    their grids, with one UserWarning.  A 4-D image is matched by its first three axes.
+    """
+    grids = {key: (meta.get(f"{key}_shape"), meta.get(f"{key}_grid2world"))
+             for key in ("domain", "codomain")}
+    given = {key: _load_image(arg, f"{key}_img")
+             for key, arg in (("domain", domain_img), ("codomain", codomain_img))
+             if arg is not None}
+    if not given:
+        return
+    if all(_on_grid(img, *grids[key]) for key, img in given.items()):
+        return
+    other = {"domain": "codomain", "codomain": "domain"}
+    if all(_on_grid(img, *grids[other[key]]) for key, img in given.items()):
+        warnings.warn(
+            "read_mapping: the images are in the order (static, moving); DIPY documents "
+            "(domain_img=moving, codomain_img=static). They were recognised by their grids "
+            "and the stored map is returned unchanged.",
+            UserWarning, stacklevel=3,
         )
-    if not np.allclose(img.affine, gaff, rtol=0, atol=_ATOL):
-        raise ValueError(
-            f"{argname} affine disagrees with the {stored} grid stored in the mapping file:\n"
-            f"{np.asarray(img.affine)}\nvs stored\n{gaff}"
-        )
+        return
+    got = "\n".join(f"{key}_img: {_grid_text(img.shape[:3], img.affine)}"
+                    for key, img in given.items())
+    raise ValueError(
+        "domain_img / codomain_img lie on neither grid stored in the mapping file "
+        "(in either order). Stored domain (moving) grid: "
+        f"{_grid_text(*grids['domain'])}\nstored codomain (static) grid: "
+        f"{_grid_text(*grids['codomain'])}\ngiven:\n{got}"
+    )
 
 
 def _check_prealign(prealign, stored) -> None:
@@ -212,7 +246,8 @@ def read_mapping(
         The mapping file (or image), data of shape ``(X, Y, Z, 3, 2)``
         (see :func:`write_mapping`).
     domain_img : str, PathLike or image, optional
-        Image on the **moving** (domain) grid.  Only its shape and affine are used.
+        Image on the **moving** (domain) grid.  Only its shape and affine are used
+        (of a 4-D image, the first three axes).
     codomain_img : str, PathLike or image, optional
         Image on the **static** (codomain) grid.  Only its shape and affine are used.
     prealign : (4, 4) array, optional
@@ -230,8 +265,11 @@ def read_mapping(
     * **File written by synflow** (JSON metadata present): every grid, ``prealign``
       and ``is_inverse`` come from the file, so ``read_mapping(fname)`` alone returns a
       map that warps exactly like the one written.  Arguments that are given are
-      checked against the stored values and a ``ValueError`` is raised if they
-      disagree (including the ``prealign`` trap above).
+      checked against the stored values.  The two images are recognised by their
+      grids in either order: ``read_mapping(f, static, moving)`` (as DIPY's 3-D SyN
+      tutorial calls it) returns the same map, with one ``UserWarning``.  Images on
+      neither stored grid, or a ``prealign`` that disagrees (including the trap
+      above), raise ``ValueError``.
     * **File without metadata** (written by DIPY): DIPY's meaning.  ``domain_img`` and
       ``codomain_img`` are required; ``disp_grid2world`` is the inverse of the file's
       affine, ``is_inverse`` is forced to True (as DIPY does; a map saved with
@@ -276,18 +314,7 @@ def read_mapping(
                 f"disp: data grid {shape[:3]} disagrees with the stored disp_shape "
                 f"{tuple(meta['disp_shape'])}"
             )
-        for arg, name, key in (
-            (domain_img, "domain_img", "domain"),
-            (codomain_img, "codomain_img", "codomain"),
-        ):
-            if arg is not None:
-                _check_grid(
-                    _load_image(arg, name),
-                    meta.get(f"{key}_shape"),
-                    meta.get(f"{key}_grid2world"),
-                    name,
-                    f"{key} ({'moving' if key == 'domain' else 'static'})",
-                )
+        _check_images(meta, domain_img, codomain_img)
         if prealign is not None:
             _check_prealign(prealign, meta.get("prealign"))
         mapping = DiffeomorphicMap(

@@ -21,6 +21,7 @@ from synflow.interfaces.registration import (
     SyNRegistration,
 )
 from synflow.interfaces.reports import QCReport, RegistrationReportlets
+from synflow.interfaces.reslice import Reslice
 
 __all__ = [
     "AffinePrealign",
@@ -31,5 +32,6 @@ __all__ = [
     "MedianOtsu",
     "QCReport",
     "RegistrationReportlets",
+    "Reslice",
     "SyNRegistration",
 ]
