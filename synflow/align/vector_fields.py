@@ -153,33 +153,34 @@ def grid_points(shape: tuple[int, ...], displacement: np.ndarray | None = None,
 
 
 def affine_points(matrix: np.ndarray, shape: tuple[int, ...],
-                  displacement: np.ndarray | None = None) -> np.ndarray:
+                  displacement: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
     """Coordinates ``M @ (x + displacement(x))`` for every voxel ``x`` of ``shape``.
 
     ``matrix`` is a ``(dim+1, dim+1)`` homogeneous matrix; ``displacement`` a component-first
     field in voxels of the ``shape`` grid (or None).  Returns ``(dim,) + shape`` float32.
     The affine part is built from broadcast 1-D ramps, so it costs one pass per output axis.
+    ``dtype=np.float64`` keeps full precision (for resampling on grids with large offsets).
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     dim = len(shape)
     lin = matrix[:dim, :dim]
     ramps = [np.arange(n, dtype=np.float64).reshape([-1 if a == ax else 1 for a in range(dim)])
              for ax, n in enumerate(shape)]
-    out = np.empty((dim,) + tuple(shape), dtype=np.float32)
+    out = np.empty((dim,) + tuple(shape), dtype=dtype)
     for r in range(dim):
         base = matrix[r, dim]
         acc = None
         for c in range(dim):
             if lin[r, c] != 0.0:
-                term = (lin[r, c] * ramps[c]).astype(np.float32)
+                term = (lin[r, c] * ramps[c]).astype(dtype)
                 acc = term if acc is None else acc + term
         if acc is None:
-            acc = np.zeros((1,) * dim, dtype=np.float32)
-        out[r] = acc + np.float32(base)
+            acc = np.zeros((1,) * dim, dtype=dtype)
+        out[r] = acc + dtype(base)
         if displacement is not None:
             for c in range(dim):
                 if lin[r, c] != 0.0:
-                    out[r] += np.float32(lin[r, c]) * displacement[c]
+                    out[r] += dtype(lin[r, c]) * displacement[c]
     return out
 
 
@@ -327,3 +328,86 @@ def invert(d: np.ndarray, max_iter: int = 20, tol: float = 1e-3,
 def field_norm_max(d: np.ndarray) -> float:
     """Largest Euclidean norm of a component-first field."""
     return float(np.sqrt(np.einsum("i...,i...->...", d, d).max()))
+
+
+def _axis_lerp(a: np.ndarray, axis: int, scale: float, offset: float, n_out: int) -> np.ndarray:
+    """``out[.., i, ..] = a(scale * i + offset)`` along ``axis``, linear, zero outside.
+
+    Exactly DIPY's partial-weight rule: a neighbour outside ``[0, n-1]`` contributes 0.
+    """
+    n = a.shape[axis]
+    x = scale * np.arange(n_out, dtype=np.float64) + offset
+    k = np.floor(x)
+    f = (x - k).astype(a.dtype)
+    k = k.astype(np.intp)
+    w_lo = np.where((k >= 0) & (k <= n - 1), 1 - f, 0).astype(a.dtype)
+    w_hi = np.where((k >= -1) & (k <= n - 2), f, 0).astype(a.dtype)
+    bshape = [1] * a.ndim
+    bshape[axis] = n_out
+    lo = np.take(a, np.clip(k, 0, n - 1), axis=axis)
+    lo *= w_lo.reshape(bshape)
+    hi = np.take(a, np.clip(k + 1, 0, n - 1), axis=axis)
+    hi *= w_hi.reshape(bshape)
+    lo += hi
+    return lo
+
+
+def sample_field_affine(field: np.ndarray, matrix: np.ndarray,
+                        out_shape: tuple[int, ...]) -> np.ndarray:
+    """Component-first ``field`` sampled trilinearly at ``matrix @ i``, zero padded.
+
+    ``out[:, i] = field(matrix @ i)`` for every voxel ``i`` of ``out_shape``; points
+    outside get DIPY's partial weights (neighbours outside the grid count as 0), the
+    rule of DIPY's ``simplify_warp_function``.  An axis-aligned ``matrix`` (diagonal
+    linear part) is done separably, one 1-D interpolation per axis; any other matrix
+    with ``map_coordinates``.  Returns ``(dim,) + out_shape`` float64 (the separable
+    path interpolates in float64, like DIPY's kernels).
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    dim = field.shape[0]
+    lin = matrix[:dim, :dim]
+    out_shape = tuple(int(s) for s in out_shape)
+    if np.count_nonzero(lin - np.diag(np.diag(lin))) == 0:
+        out = np.asarray(field, dtype=np.float64)
+        for ax in range(dim):
+            out = _axis_lerp(out, ax + 1, lin[ax, ax], matrix[ax, dim], out_shape[ax])
+        return out
+    coords = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in out_shape],
+                                  indexing="ij"))
+    coords = np.tensordot(lin, coords, axes=1) + matrix[:dim, dim].reshape((dim,) + (1,) * dim)
+    out = np.empty((dim,) + out_shape, dtype=np.float64)
+    for c in range(dim):
+        ndi.map_coordinates(np.asarray(field[c], dtype=np.float64), coords, output=out[c],
+                            order=1, mode="grid-constant", cval=0.0, prefilter=False)
+    return out
+
+
+def compose_inside(d1: np.ndarray, d2: np.ndarray, premult: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """DIPY's ``compose_vector_fields``: ``c(i) = d1(i) + d2(i + B d1(i))``, 0 outside.
+
+    ``d1`` on grid ``S1``, ``d2`` on grid ``S2`` (component first, float32, any units);
+    ``B = premult`` (``(dim, dim)`` or homogeneous; only its linear part is used) turns
+    ``d1``'s units into voxels of ``d2``'s grid (None = identity).  ``d2`` is sampled
+    trilinearly; where ``i + B d1(i)`` is not strictly inside ``d2``'s grid
+    (``0 <= x < n - 1`` on every axis, DIPY's rule) the result is the zero vector.
+    """
+    dim = d1.shape[0]
+    shape = d1.shape[1:]
+    if premult is None:
+        pts = grid_points(shape, d1)
+    else:
+        m = np.eye(dim + 1)
+        m[:dim, :dim] = np.asarray(premult, dtype=np.float64)[:dim, :dim]
+        pts = grid_points(shape)
+        for r in range(dim):
+            for c in range(dim):
+                if m[r, c] != 0.0:
+                    pts[r] += np.float32(m[r, c]) * d1[c]
+    out = sample_field(d2, pts)
+    out += d1
+    inside = np.ones(shape, dtype=bool)
+    for ax, n in enumerate(d2.shape[1:]):
+        inside &= (pts[ax] >= 0) & (pts[ax] < n - 1)
+    out *= inside
+    return out
