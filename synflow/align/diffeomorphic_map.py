@@ -426,12 +426,10 @@ def _simplified_field(field: np.ndarray, U: np.ndarray | None, V: np.ndarray | N
     w = np.eye(dim) if W is None else np.asarray(W, dtype=np.float64)[:dim, :dim]
     v = np.eye(dim + 1) if V is None else np.array(V, dtype=np.float64)
     v[:dim, :dim] -= np.eye(dim)
-    ramps = [np.arange(n, dtype=np.float64).reshape([-1 if a == ax else 1 for a in range(dim)])
-             for ax, n in enumerate(out_shape)]
+    offset = vf.affine_points(v, out_shape, dtype=np.float64)  # (V - I) i
     out = np.empty(out_shape + (dim,), dtype=np.float32)
     for r in range(dim):  # float64 arithmetic, float32 storage (as DIPY)
-        acc = np.zeros(out_shape, dtype=np.float64)
-        acc += sum(v[r, c] * ramps[c] for c in range(dim)) + v[r, dim]
+        acc = offset[r]
         for c in range(dim):
             if w[r, c] != 0.0:
                 acc += w[r, c] * sampled[c]

@@ -352,6 +352,67 @@ def _axis_lerp(a: np.ndarray, axis: int, scale: float, offset: float, n_out: int
     return lo
 
 
+def _lerp(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """``a + f * (b - a)``, in place in ``a`` and ``b`` (no temporaries)."""
+    b -= a
+    b *= f
+    a += b
+    return a
+
+
+def sample_field_cells(field: np.ndarray, coords: np.ndarray, zero_outside: bool = False,
+                       add: np.ndarray | None = None) -> np.ndarray:
+    """Trilinear sample of a component-first ``field`` at ``coords``, no boundary rule.
+
+    Exact wherever ``0 <= x <= n - 1`` on every axis; elsewhere the nearest boundary
+    cell is *extrapolated* linearly, unless ``zero_outside``: then every point not
+    strictly inside (``0 <= x < n - 1`` on every axis, DIPY's composition rule) is 0.
+    (On a field zero-padded by one voxel, that rule gives DIPY's partial weights.)
+    ``add`` (same shape as the result) is added before the zeroing.  One
+    set of cell indices and weights serves every component and the eight corners are
+    read with ``np.take`` on offset views: about three times faster than
+    ``map_coordinates`` per component.  Returns ``(dim,) + coords.shape[1:]`` float32.
+    """
+    field = _as_f32(field)
+    dim = field.shape[0]
+    shape = field.shape[1:]
+    if min(shape) < 2:
+        raise ValueError(f"field grid {shape} needs at least 2 voxels per axis")
+    strides = [int(np.prod(shape[ax + 1:])) for ax in range(dim)]
+    out_shape = coords.shape[1:]
+    out = np.empty((dim,) + out_shape, dtype=np.float32)
+    flats = [np.ascontiguousarray(field[c]).ravel() for c in range(dim)]
+
+    def work(a: int, b: int) -> None:
+        base = np.zeros((b - a,) + out_shape[1:], dtype=np.intp)
+        fracs = []
+        inside = np.ones(base.shape, dtype=bool) if zero_outside else None
+        for ax in range(dim):
+            x = coords[ax, a:b]
+            if zero_outside:
+                inside &= (x >= 0) & (x < shape[ax] - 1)
+            cell = np.clip(np.floor(x), 0, shape[ax] - 2)
+            fracs.append((x - cell).astype(np.float32))
+            base += cell.astype(np.intp) * strides[ax]
+
+        def corner(flat: np.ndarray, ax: int, off: int) -> np.ndarray:
+            if ax == dim:
+                return flat[off:].take(base)
+            return _lerp(corner(flat, ax + 1, off), corner(flat, ax + 1, off + strides[ax]),
+                         fracs[ax])
+
+        for c in range(dim):
+            value = corner(flats[c], 0, 0)
+            if add is not None:
+                value += add[c, a:b]
+            if zero_outside:
+                value *= inside
+            out[c, a:b] = value
+
+    run_slabs(work, out_shape[0], min_slab=_MIN_SLAB)
+    return out
+
+
 def sample_field_affine(field: np.ndarray, matrix: np.ndarray,
                         out_shape: tuple[int, ...]) -> np.ndarray:
     """Component-first ``field`` sampled trilinearly at ``matrix @ i``, zero padded.
@@ -360,26 +421,24 @@ def sample_field_affine(field: np.ndarray, matrix: np.ndarray,
     outside get DIPY's partial weights (neighbours outside the grid count as 0), the
     rule of DIPY's ``simplify_warp_function``.  An axis-aligned ``matrix`` (diagonal
     linear part) is done separably, one 1-D interpolation per axis; any other matrix
-    with ``map_coordinates``.  Returns ``(dim,) + out_shape`` float64 (the separable
-    path interpolates in float64, like DIPY's kernels).
+    with ``map_coordinates`` at float64 coordinates.  Returns ``(dim,) + out_shape``
+    float32.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     dim = field.shape[0]
     lin = matrix[:dim, :dim]
     out_shape = tuple(int(s) for s in out_shape)
     if np.count_nonzero(lin - np.diag(np.diag(lin))) == 0:
-        out = np.asarray(field, dtype=np.float64)
+        out = _as_f32(field)
         for ax in range(dim):
             out = _axis_lerp(out, ax + 1, lin[ax, ax], matrix[ax, dim], out_shape[ax])
         return out
-    coords = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in out_shape],
-                                  indexing="ij"))
-    coords = np.tensordot(lin, coords, axes=1) + matrix[:dim, dim].reshape((dim,) + (1,) * dim)
-    out = np.empty((dim,) + out_shape, dtype=np.float64)
-    for c in range(dim):
-        ndi.map_coordinates(np.asarray(field[c], dtype=np.float64), coords, output=out[c],
-                            order=1, mode="grid-constant", cval=0.0, prefilter=False)
-    return out
+    # Zero-pad by one voxel: the cell rule then gives DIPY's partial weights in (-1, n).
+    pad = np.eye(dim + 1)
+    pad[:dim, dim] = 1.0
+    coords = affine_points(pad @ matrix, out_shape, dtype=np.float64)
+    padded = np.pad(_as_f32(field), [(0, 0)] + [(1, 1)] * dim)
+    return sample_field_cells(padded, coords, zero_outside=True)
 
 
 def compose_inside(d1: np.ndarray, d2: np.ndarray, premult: np.ndarray | None = None
@@ -404,10 +463,4 @@ def compose_inside(d1: np.ndarray, d2: np.ndarray, premult: np.ndarray | None = 
             for c in range(dim):
                 if m[r, c] != 0.0:
                     pts[r] += np.float32(m[r, c]) * d1[c]
-    out = sample_field(d2, pts)
-    out += d1
-    inside = np.ones(shape, dtype=bool)
-    for ax, n in enumerate(d2.shape[1:]):
-        inside &= (pts[ax] >= 0) & (pts[ax] < n - 1)
-    out *= inside
-    return out
+    return sample_field_cells(d2, pts, zero_outside=True, add=d1)
