@@ -392,8 +392,10 @@ def sample_field_cells(field: np.ndarray, coords: np.ndarray, zero_outside: bool
             if zero_outside:
                 inside &= (x >= 0) & (x < shape[ax] - 1)
             cell = np.clip(np.floor(x), 0, shape[ax] - 2)
-            fracs.append((x - cell).astype(np.float32))
-            base += cell.astype(np.intp) * strides[ax]
+            fracs.append((x - cell).astype(np.float32, copy=False))
+            idx = cell.astype(np.intp)
+            idx *= strides[ax]
+            base += idx
 
         def corner(flat: np.ndarray, ax: int, off: int) -> np.ndarray:
             if ax == dim:
