@@ -26,6 +26,8 @@ from synflow._parallel import run_slabs, run_tasks
 
 #: Slabs thinner than this are not worth a thread hand-off.
 _MIN_SLAB = 8
+#: Points per slab of :func:`sample_field_cells` (its temporaries then stay in cache).
+_CELL_SLAB = 32768
 
 
 def _as_f32(a: np.ndarray) -> np.ndarray:
@@ -360,15 +362,18 @@ def _lerp(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> np.ndarray:
     return a
 
 
-def sample_field_cells(field: np.ndarray, coords: np.ndarray, zero_outside: bool = False,
-                       add: np.ndarray | None = None) -> np.ndarray:
+def sample_field_cells(field: np.ndarray, coords, zero_outside: bool = False,
+                       add: np.ndarray | None = None,
+                       out_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Trilinear sample of a component-first ``field`` at ``coords``, no boundary rule.
 
     Exact wherever ``0 <= x <= n - 1`` on every axis; elsewhere the nearest boundary
     cell is *extrapolated* linearly, unless ``zero_outside``: then every point not
     strictly inside (``0 <= x < n - 1`` on every axis, DIPY's composition rule) is 0.
     (On a field zero-padded by one voxel, that rule gives DIPY's partial weights.)
-    ``add`` (same shape as the result) is added before the zeroing.  One
+    ``add`` (same shape as the result) is added before the zeroing.  ``coords`` may
+    also be a function ``coords(a, b)`` returning the coordinates of output rows
+    ``a:b`` (then ``out_shape`` is required), so they are built slab by slab.  One
     set of cell indices and weights serves every component and the eight corners are
     read with ``np.take`` on offset views: about three times faster than
     ``map_coordinates`` per component.  Returns ``(dim,) + coords.shape[1:]`` float32.
@@ -379,7 +384,9 @@ def sample_field_cells(field: np.ndarray, coords: np.ndarray, zero_outside: bool
     if min(shape) < 2:
         raise ValueError(f"field grid {shape} needs at least 2 voxels per axis")
     strides = [int(np.prod(shape[ax + 1:])) for ax in range(dim)]
-    out_shape = coords.shape[1:]
+    if out_shape is None:
+        out_shape = coords.shape[1:]
+    out_shape = tuple(out_shape)
     out = np.empty((dim,) + out_shape, dtype=np.float32)
     flats = [np.ascontiguousarray(field[c]).ravel() for c in range(dim)]
 
@@ -387,8 +394,9 @@ def sample_field_cells(field: np.ndarray, coords: np.ndarray, zero_outside: bool
         base = np.zeros((b - a,) + out_shape[1:], dtype=np.intp)
         fracs = []
         inside = np.ones(base.shape, dtype=bool) if zero_outside else None
+        slab = coords(a, b) if callable(coords) else coords[:, a:b]
         for ax in range(dim):
-            x = coords[ax, a:b]
+            x = slab[ax]
             if zero_outside:
                 inside &= (x >= 0) & (x < shape[ax] - 1)
             cell = np.clip(np.floor(x), 0, shape[ax] - 2)
@@ -411,7 +419,9 @@ def sample_field_cells(field: np.ndarray, coords: np.ndarray, zero_outside: bool
                 value *= inside
             out[c, a:b] = value
 
-    run_slabs(work, out_shape[0], min_slab=_MIN_SLAB)
+    # Slabs of ~_CELL_SLAB points keep each temporary in cache (~25% faster than 8 slabs).
+    n_slabs = max(1, min(out_shape[0], int(np.prod(out_shape)) // _CELL_SLAB))
+    run_slabs(work, out_shape[0], min_slab=1, max_slabs=n_slabs)
     return out
 
 
@@ -438,9 +448,15 @@ def sample_field_affine(field: np.ndarray, matrix: np.ndarray,
     # Zero-pad by one voxel: the cell rule then gives DIPY's partial weights in (-1, n).
     pad = np.eye(dim + 1)
     pad[:dim, dim] = 1.0
-    coords = affine_points(pad @ matrix, out_shape, dtype=np.float64)
+    to_padded = pad @ matrix
     padded = np.pad(_as_f32(field), [(0, 0)] + [(1, 1)] * dim)
-    return sample_field_cells(padded, coords, zero_outside=True)
+
+    def points(a: int, b: int) -> np.ndarray:  # float64 coordinates of output rows a:b
+        rows = np.eye(dim + 1)
+        rows[0, dim] = a
+        return affine_points(to_padded @ rows, (b - a,) + out_shape[1:], dtype=np.float64)
+
+    return sample_field_cells(padded, points, zero_outside=True, out_shape=out_shape)
 
 
 def compose_inside(d1: np.ndarray, d2: np.ndarray, premult: np.ndarray | None = None
@@ -455,14 +471,17 @@ def compose_inside(d1: np.ndarray, d2: np.ndarray, premult: np.ndarray | None = 
     """
     dim = d1.shape[0]
     shape = d1.shape[1:]
-    if premult is None:
-        pts = grid_points(shape, d1)
-    else:
-        m = np.eye(dim + 1)
-        m[:dim, :dim] = np.asarray(premult, dtype=np.float64)[:dim, :dim]
-        pts = grid_points(shape)
+    lin = np.eye(dim) if premult is None else np.asarray(premult, dtype=np.float64)[:dim, :dim]
+
+    def points(a: int, b: int) -> np.ndarray:  # i + B d1(i) for rows a:b
+        pts = grid_points((b - a,) + shape[1:])
+        pts[0] += np.float32(a)
         for r in range(dim):
             for c in range(dim):
-                if m[r, c] != 0.0:
-                    pts[r] += np.float32(m[r, c]) * d1[c]
-    return sample_field_cells(d2, pts, zero_outside=True, add=d1)
+                if lin[r, c] == 1.0:
+                    pts[r] += d1[c, a:b]
+                elif lin[r, c] != 0.0:
+                    pts[r] += np.float32(lin[r, c]) * d1[c, a:b]
+        return pts
+
+    return sample_field_cells(d2, points, zero_outside=True, add=d1, out_shape=shape)
