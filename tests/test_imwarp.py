@@ -319,3 +319,181 @@ def test_cc_steps_equal_dipy():
     np.testing.assert_allclose(np.moveaxis(fw, 0, -1), fw_ref, rtol=0, atol=1e-6 * scale)
     np.testing.assert_allclose(np.moveaxis(bw, 0, -1), bw_ref, rtol=0, atol=1e-6 * scale)
     assert energy == pytest.approx(ref.get_energy(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- DIPY's map API
+def _affine2d(scale, shift, angle_deg=0.0):
+    a = np.deg2rad(angle_deg)
+    m = np.eye(3)
+    m[:2, :2] = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) * scale
+    m[:2, 2] = shift
+    return m
+
+
+def test_map_defaults_follow_dipy():
+    m = DiffeomorphicMap(2, (10, 12))
+    assert tuple(m.domain_shape) == tuple(m.codomain_shape) == (10, 12)
+    assert m.domain_grid2world is None and m.codomain_grid2world is None
+    m.allocate()
+    img = np.arange(120, dtype=np.float32).reshape(10, 12)
+    np.testing.assert_array_equal(m.transform(img), img)
+    np.testing.assert_array_equal(m.transform_inverse(img), img)
+    with pytest.raises(ValueError, match="disp_shape"):
+        DiffeomorphicMap(2, None)
+    assert m.interpret_matrix("identity") is None
+    with pytest.raises(ValueError, match="Invalid matrix"):
+        m.interpret_matrix("rotation")
+
+
+def test_mult_aff_and_direction_and_spacings():
+    from synflow.align.imwarp import get_direction_and_spacings, mult_aff
+
+    A, B = np.diag([2.0, 3.0, 1.0]), _affine2d(1.0, [1, 2], 30)
+    np.testing.assert_array_equal(mult_aff(A, B), A @ B)
+    assert mult_aff(A, None) is A and mult_aff(None, B) is B and mult_aff(None, None) is None
+    rot = oblique([1.0, 1.0, 1.0], 25, [0, 0, 0])[:3, :3]
+    aff = oblique([1.5, 2.0, 2.5], 25, [3, 4, 5])
+    direction, spacings = get_direction_and_spacings(aff, 3)
+    np.testing.assert_allclose(direction, rot, atol=1e-12)
+    np.testing.assert_allclose(spacings, [1.5, 2.0, 2.5])
+    d, s = get_direction_and_spacings(None, 2)
+    np.testing.assert_array_equal(d, np.eye(2))
+    np.testing.assert_array_equal(s, np.ones(2))
+
+
+def _affine_only_map(D, C, R, P, dom=(30, 34), cod=(36, 32)):
+    m = DiffeomorphicMap(2, dom, R, dom, D, cod, C, P)
+    m.allocate()
+    return m
+
+
+def test_simplified_transform_of_an_affine_map_is_the_composed_affine():
+    """Zero fields: the simplified fields are exactly ``Cinv P D i - i`` / ``Dinv Pinv C j - j``."""
+    D = _affine2d(1.1, [-2, 3], 10)
+    C = _affine2d(0.9, [1, -1], -5)
+    R = _affine2d(1.0, [0.5, 0.5])
+    P = _affine2d(1.02, [1.5, -0.5], 3)
+    m = _affine_only_map(D, C, R, P)
+    s = m.get_simplified_transform()
+    for field, mat, shape in ((s.forward, np.linalg.inv(C) @ P @ D, m.domain_shape),
+                              (s.backward, np.linalg.inv(D) @ np.linalg.inv(P) @ C,
+                               m.codomain_shape)):
+        ij = np.indices(tuple(shape), dtype=np.float64)
+        expect = np.tensordot(mat[:2, :2], ij, axes=1) + mat[:2, 2, None, None] - ij
+        np.testing.assert_allclose(field, np.moveaxis(expect, 0, -1), atol=2e-5)
+    assert s.prealign is None and s.domain_grid2world is None and s.disp_grid2world is None
+    rng = np.random.default_rng(1)
+    img = ndi.gaussian_filter(rng.random((36, 32)), 2).astype(np.float32)
+    np.testing.assert_allclose(s.transform(img), m.transform(img), atol=1e-5)
+    img_dom = ndi.gaussian_filter(rng.random((30, 34)), 2).astype(np.float32)
+    np.testing.assert_allclose(s.transform_inverse(img_dom), m.transform_inverse(img_dom),
+                               atol=1e-5)
+
+
+def _smooth_field(shape, scale, seed):
+    rng = np.random.default_rng(seed)
+    f = rng.standard_normal(tuple(shape) + (len(shape),)).astype(np.float32)
+    return (ndi.gaussian_filter(f, [3] * len(shape) + [0]) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("angle", [0.0, 12.0])
+def test_simplified_transform_equals_dipy(angle):
+    shape, cod = (20, 22, 18), (24, 20, 21)
+    D, C = oblique([2, 2, 2], angle, [1, 2, 3]), oblique([1.8, 2.1, 1.9], -angle / 2, [4, 0, 2])
+    R, P = oblique([2, 2, 2], angle, [1, 2, 3]), oblique([1, 1, 1], 3, [2, -1, 1])
+    maps = []
+    for cls in (DiffeomorphicMap, dipy_imwarp.DiffeomorphicMap):
+        m = cls(3, shape, disp_grid2world=R, domain_shape=shape, domain_grid2world=D,
+                codomain_shape=cod, codomain_grid2world=C, prealign=P)
+        m.forward, m.backward = _smooth_field(shape, 8, 0), _smooth_field(shape, 8, 1)
+        maps.append(m.get_simplified_transform())
+    ours, ref = maps
+    np.testing.assert_allclose(ours.forward, ref.forward, atol=2e-5)
+    np.testing.assert_allclose(ours.backward, ref.backward, atol=2e-5)
+    assert ours.forward.shape == shape + (3,) and ours.backward.shape == cod + (3,)
+
+
+def test_warp_endomorphism_constant_fields():
+    """Constant shifts a then b compose to a + b, zero where x + a leaves the grid (DIPY)."""
+    shape = (8, 9)
+    g2w = np.diag([2.0, 2.0, 1.0])
+    m = DiffeomorphicMap(2, shape, g2w)
+    phi = DiffeomorphicMap(2, shape, g2w)
+    m.allocate()
+    phi.allocate()
+    m.forward[:] = [3.0, 0.0]  # mm: 1.5 voxels along axis 0
+    m.backward[:] = [-3.0, 0.0]
+    phi.forward[:] = [0.0, 1.0]
+    phi.backward[:] = [0.0, -1.0]
+    c = m.warp_endomorphism(phi)
+    inside = np.zeros(shape, bool)
+    inside[: shape[0] - 2, : shape[1] - 1] = True  # x + 1.5 < 7 and y < 8 strictly
+    expect = np.where(inside[..., None], [3.0, 1.0], 0.0)
+    np.testing.assert_allclose(c.forward, expect, atol=1e-6)
+    inside_b = np.zeros(shape, bool)
+    inside_b[2:shape[0] - 1, 1:shape[1] - 1] = True  # backward: phi^-1 (y - 0.5) then x - 1.5
+    inside_b[1, 1:shape[1] - 1] = False
+    np.testing.assert_allclose(c.backward[inside_b], np.tile([-3.0, -1.0], (inside_b.sum(), 1)),
+                               atol=1e-6)
+    assert c.is_inverse == m.is_inverse
+
+
+def test_warp_endomorphism_equals_dipy():
+    shape = (21, 19, 23)
+    R = oblique([1.5, 1.5, 1.5], 20, [3, -2, 1])
+    out = []
+    for cls in (DiffeomorphicMap, dipy_imwarp.DiffeomorphicMap):
+        m = cls(3, shape, disp_grid2world=R)
+        phi = cls(3, shape, disp_grid2world=R)
+        m.forward, m.backward = _smooth_field(shape, 10, 2), _smooth_field(shape, 10, 3)
+        phi.forward, phi.backward = _smooth_field(shape, 10, 4), _smooth_field(shape, 10, 5)
+        c = m.warp_endomorphism(phi)
+        out.append((np.asarray(c.forward), np.asarray(c.backward)))
+    np.testing.assert_allclose(out[0][0], out[1][0], atol=2e-5)
+    np.testing.assert_allclose(out[0][1], out[1][1], atol=2e-5)
+
+
+def test_intermediate_maps_and_dipy_attributes(tiny):
+    reg = sdr(levels=(4, 4))
+    assert reg.verbosity == 1  # VerbosityLevels.STATUS
+    with pytest.raises(ValueError, match="before optimize"):
+        reg.get_intermediate_maps()
+    with pytest.raises(ValueError, match="not enough energies"):
+        reg._get_energy_derivative()
+    moving = ndi.shift(tiny, (1.5, -1.0, 0.5), order=1)
+    P = np.eye(4)
+    P[:3, 3] = [0.3, 0.0, -0.2]
+    mapping = reg.optimize(tiny, moving, prealign=P)
+    s2r, m2r = reg.get_intermediate_maps()
+    assert s2r is reg.static_to_ref and m2r is reg.moving_to_ref
+    assert tuple(s2r.domain_shape) == tuple(s2r.codomain_shape) == tiny.shape
+    assert s2r.prealign is None
+    np.testing.assert_allclose(m2r.prealign, np.linalg.inv(P))
+    assert s2r.forward.shape == tiny.shape + (3,)
+    # each half-map's fields are inverses of one another
+    assert s2r.compute_inversion_error()[1][1] < 0.05
+    assert m2r.compute_inversion_error()[1][1] < 0.05
+    # moving -> reference -> static equals the returned map's warp
+    via_ref = s2r.transform(m2r.transform_inverse(moving))
+    direct = mapping.transform(moving)
+    core = (slice(6, -6),) * 3
+    assert np.abs(via_ref - direct)[core].mean() < 0.02 * np.ptp(tiny)
+
+
+def test_metric_mask0_reaches_the_scale_space(tiny, monkeypatch):
+    from synflow.align import imwarp
+
+    seen = []
+    real = imwarp.ScaleSpace
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("mask0"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imwarp, "ScaleSpace", spy)
+    metric = CCMetric(3)
+    metric.mask0 = True
+    SymmetricDiffeomorphicRegistration(metric, level_iters=[1]).optimize(tiny, tiny)
+    assert seen == [True, True]
+    sdr(levels=(1,)).optimize(tiny, tiny)
+    assert seen[2:] == [False, False]

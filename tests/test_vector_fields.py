@@ -144,3 +144,58 @@ def test_padded_sampling_equals_zero_padded_sampling():
     expected = vf.sample_image(img, coords)
     got = vf.sample_padded(vf.pad_image(img), coords + vf.PAD)
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- DIPY-rule kernels
+def _rand_field(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((len(shape),) + tuple(shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(13, 11), (9, 12, 10)])
+def test_sample_field_cells_matches_map_coordinates_inside(shape):
+    field = _rand_field(shape)
+    rng = np.random.default_rng(1)
+    coords = rng.uniform(-2, max(shape) + 1, (len(shape), 7, 5)).astype(np.float32)
+    got = vf.sample_field_cells(field, coords, zero_outside=True)
+    inside = np.all([(coords[a] >= 0) & (coords[a] < n - 1) for a, n in enumerate(shape)], 0)
+    for c in range(len(shape)):
+        ref = ndi.map_coordinates(field[c], coords, order=1, mode="nearest")
+        np.testing.assert_allclose(got[c][inside], ref[inside], atol=1e-5)
+        assert np.all(got[c][~inside] == 0)
+    add = np.ones_like(got)
+    np.testing.assert_allclose(vf.sample_field_cells(field, coords, True, add)[:, inside],
+                               got[:, inside] + 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_sample_field_affine_is_zero_padded_trilinear(oblique):
+    """Both paths (separable, general) equal map_coordinates(mode='grid-constant')."""
+    shape, out_shape = (12, 10, 11), (14, 9, 13)
+    field = _rand_field(shape, 2)
+    m = np.eye(4)
+    m[:3, :3] = np.diag([0.9, 1.2, 0.8])
+    if oblique:
+        m[0, 1] = 0.15
+    m[:3, 3] = [-1.3, 0.4, 0.6]
+    got = vf.sample_field_affine(field, m, out_shape)
+    ijk = np.indices(out_shape, dtype=np.float64)
+    coords = np.tensordot(m[:3, :3], ijk, axes=1) + m[:3, 3, None, None, None]
+    for c in range(3):
+        ref = ndi.map_coordinates(field[c].astype(np.float64), coords, order=1,
+                                  mode="grid-constant", cval=0.0)
+        np.testing.assert_allclose(got[c], ref, atol=1e-5)
+
+
+def test_compose_inside_constant_fields():
+    shape = (6, 7, 5)
+    d1 = np.zeros((3,) + shape, np.float32)
+    d1[0] = 0.5
+    d2 = np.ones((3,) + shape, np.float32)
+    c = vf.compose_inside(d1, d2)
+    np.testing.assert_allclose(c[0, :5, :-1, :-1], 1.5)  # inside iff x + 0.5 < 5 etc.
+    np.testing.assert_allclose(c[1, :5, :-1, :-1], 1.0)
+    assert np.all(c[:, 5] == 0) and np.all(c[:, :, -1] == 0) and np.all(c[:, :, :, -1] == 0)
+    # premult halves the displacement first: x + 0.25
+    np.testing.assert_allclose(vf.compose_inside(d1 * 2, d2, np.diag([0.25] * 3))[0, :5, 0, 0],
+                               2.0)

@@ -26,6 +26,8 @@ from synflow._parallel import run_slabs, run_tasks
 
 #: Slabs thinner than this are not worth a thread hand-off.
 _MIN_SLAB = 8
+#: Points per slab of :func:`sample_field_cells` (its temporaries then stay in cache).
+_CELL_SLAB = 32768
 
 
 def _as_f32(a: np.ndarray) -> np.ndarray:
@@ -153,33 +155,34 @@ def grid_points(shape: tuple[int, ...], displacement: np.ndarray | None = None,
 
 
 def affine_points(matrix: np.ndarray, shape: tuple[int, ...],
-                  displacement: np.ndarray | None = None) -> np.ndarray:
+                  displacement: np.ndarray | None = None, dtype=np.float32) -> np.ndarray:
     """Coordinates ``M @ (x + displacement(x))`` for every voxel ``x`` of ``shape``.
 
     ``matrix`` is a ``(dim+1, dim+1)`` homogeneous matrix; ``displacement`` a component-first
     field in voxels of the ``shape`` grid (or None).  Returns ``(dim,) + shape`` float32.
     The affine part is built from broadcast 1-D ramps, so it costs one pass per output axis.
+    ``dtype=np.float64`` keeps full precision (for resampling on grids with large offsets).
     """
     matrix = np.asarray(matrix, dtype=np.float64)
     dim = len(shape)
     lin = matrix[:dim, :dim]
     ramps = [np.arange(n, dtype=np.float64).reshape([-1 if a == ax else 1 for a in range(dim)])
              for ax, n in enumerate(shape)]
-    out = np.empty((dim,) + tuple(shape), dtype=np.float32)
+    out = np.empty((dim,) + tuple(shape), dtype=dtype)
     for r in range(dim):
         base = matrix[r, dim]
         acc = None
         for c in range(dim):
             if lin[r, c] != 0.0:
-                term = (lin[r, c] * ramps[c]).astype(np.float32)
+                term = (lin[r, c] * ramps[c]).astype(dtype)
                 acc = term if acc is None else acc + term
         if acc is None:
-            acc = np.zeros((1,) * dim, dtype=np.float32)
-        out[r] = acc + np.float32(base)
+            acc = np.zeros((1,) * dim, dtype=dtype)
+        out[r] = acc + dtype(base)
         if displacement is not None:
             for c in range(dim):
                 if lin[r, c] != 0.0:
-                    out[r] += np.float32(lin[r, c]) * displacement[c]
+                    out[r] += dtype(lin[r, c]) * displacement[c]
     return out
 
 
@@ -327,3 +330,158 @@ def invert(d: np.ndarray, max_iter: int = 20, tol: float = 1e-3,
 def field_norm_max(d: np.ndarray) -> float:
     """Largest Euclidean norm of a component-first field."""
     return float(np.sqrt(np.einsum("i...,i...->...", d, d).max()))
+
+
+def _axis_lerp(a: np.ndarray, axis: int, scale: float, offset: float, n_out: int) -> np.ndarray:
+    """``out[.., i, ..] = a(scale * i + offset)`` along ``axis``, linear, zero outside.
+
+    Exactly DIPY's partial-weight rule: a neighbour outside ``[0, n-1]`` contributes 0.
+    """
+    n = a.shape[axis]
+    x = scale * np.arange(n_out, dtype=np.float64) + offset
+    k = np.floor(x)
+    f = (x - k).astype(a.dtype)
+    k = k.astype(np.intp)
+    w_lo = np.where((k >= 0) & (k <= n - 1), 1 - f, 0).astype(a.dtype)
+    w_hi = np.where((k >= -1) & (k <= n - 2), f, 0).astype(a.dtype)
+    bshape = [1] * a.ndim
+    bshape[axis] = n_out
+    lo = np.take(a, np.clip(k, 0, n - 1), axis=axis)
+    lo *= w_lo.reshape(bshape)
+    hi = np.take(a, np.clip(k + 1, 0, n - 1), axis=axis)
+    hi *= w_hi.reshape(bshape)
+    lo += hi
+    return lo
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """``a + f * (b - a)``, in place in ``a`` and ``b`` (no temporaries)."""
+    b -= a
+    b *= f
+    a += b
+    return a
+
+
+def sample_field_cells(field: np.ndarray, coords, zero_outside: bool = False,
+                       add: np.ndarray | None = None,
+                       out_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Trilinear sample of a component-first ``field`` at ``coords``, no boundary rule.
+
+    Exact wherever ``0 <= x <= n - 1`` on every axis; elsewhere the nearest boundary
+    cell is *extrapolated* linearly, unless ``zero_outside``: then every point not
+    strictly inside (``0 <= x < n - 1`` on every axis, DIPY's composition rule) is 0.
+    (On a field zero-padded by one voxel, that rule gives DIPY's partial weights.)
+    ``add`` (same shape as the result) is added before the zeroing.  ``coords`` may
+    also be a function ``coords(a, b)`` returning the coordinates of output rows
+    ``a:b`` (then ``out_shape`` is required), so they are built slab by slab.  One
+    set of cell indices and weights serves every component and the eight corners are
+    read with ``np.take`` on offset views: about three times faster than
+    ``map_coordinates`` per component.  Returns ``(dim,) + coords.shape[1:]`` float32.
+    """
+    field = _as_f32(field)
+    dim = field.shape[0]
+    shape = field.shape[1:]
+    if min(shape) < 2:
+        raise ValueError(f"field grid {shape} needs at least 2 voxels per axis")
+    strides = [int(np.prod(shape[ax + 1:])) for ax in range(dim)]
+    if out_shape is None:
+        out_shape = coords.shape[1:]
+    out_shape = tuple(out_shape)
+    out = np.empty((dim,) + out_shape, dtype=np.float32)
+    flats = [np.ascontiguousarray(field[c]).ravel() for c in range(dim)]
+
+    def work(a: int, b: int) -> None:
+        base = np.zeros((b - a,) + out_shape[1:], dtype=np.intp)
+        fracs = []
+        inside = np.ones(base.shape, dtype=bool) if zero_outside else None
+        slab = coords(a, b) if callable(coords) else coords[:, a:b]
+        for ax in range(dim):
+            x = slab[ax]
+            if zero_outside:
+                inside &= (x >= 0) & (x < shape[ax] - 1)
+            cell = np.clip(np.floor(x), 0, shape[ax] - 2)
+            fracs.append((x - cell).astype(np.float32, copy=False))
+            idx = cell.astype(np.intp)
+            idx *= strides[ax]
+            base += idx
+
+        def corner(flat: np.ndarray, ax: int, off: int) -> np.ndarray:
+            if ax == dim:
+                return flat[off:].take(base)
+            return _lerp(corner(flat, ax + 1, off), corner(flat, ax + 1, off + strides[ax]),
+                         fracs[ax])
+
+        for c in range(dim):
+            value = corner(flats[c], 0, 0)
+            if add is not None:
+                value += add[c, a:b]
+            if zero_outside:
+                value *= inside
+            out[c, a:b] = value
+
+    # Slabs of ~_CELL_SLAB points keep each temporary in cache (~25% faster than 8 slabs).
+    n_slabs = max(1, min(out_shape[0], int(np.prod(out_shape)) // _CELL_SLAB))
+    run_slabs(work, out_shape[0], min_slab=1, max_slabs=n_slabs)
+    return out
+
+
+def sample_field_affine(field: np.ndarray, matrix: np.ndarray,
+                        out_shape: tuple[int, ...]) -> np.ndarray:
+    """Component-first ``field`` sampled trilinearly at ``matrix @ i``, zero padded.
+
+    ``out[:, i] = field(matrix @ i)`` for every voxel ``i`` of ``out_shape``; points
+    outside get DIPY's partial weights (neighbours outside the grid count as 0), the
+    rule of DIPY's ``simplify_warp_function``.  An axis-aligned ``matrix`` (diagonal
+    linear part) is done separably, one 1-D interpolation per axis; any other matrix
+    with ``map_coordinates`` at float64 coordinates.  Returns ``(dim,) + out_shape``
+    float32.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    dim = field.shape[0]
+    lin = matrix[:dim, :dim]
+    out_shape = tuple(int(s) for s in out_shape)
+    if np.count_nonzero(lin - np.diag(np.diag(lin))) == 0:
+        out = _as_f32(field)
+        for ax in range(dim):
+            out = _axis_lerp(out, ax + 1, lin[ax, ax], matrix[ax, dim], out_shape[ax])
+        return out
+    # Zero-pad by one voxel: the cell rule then gives DIPY's partial weights in (-1, n).
+    pad = np.eye(dim + 1)
+    pad[:dim, dim] = 1.0
+    to_padded = pad @ matrix
+    padded = np.pad(_as_f32(field), [(0, 0)] + [(1, 1)] * dim)
+
+    def points(a: int, b: int) -> np.ndarray:  # float64 coordinates of output rows a:b
+        rows = np.eye(dim + 1)
+        rows[0, dim] = a
+        return affine_points(to_padded @ rows, (b - a,) + out_shape[1:], dtype=np.float64)
+
+    return sample_field_cells(padded, points, zero_outside=True, out_shape=out_shape)
+
+
+def compose_inside(d1: np.ndarray, d2: np.ndarray, premult: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """DIPY's ``compose_vector_fields``: ``c(i) = d1(i) + d2(i + B d1(i))``, 0 outside.
+
+    ``d1`` on grid ``S1``, ``d2`` on grid ``S2`` (component first, float32, any units);
+    ``B = premult`` (``(dim, dim)`` or homogeneous; only its linear part is used) turns
+    ``d1``'s units into voxels of ``d2``'s grid (None = identity).  ``d2`` is sampled
+    trilinearly; where ``i + B d1(i)`` is not strictly inside ``d2``'s grid
+    (``0 <= x < n - 1`` on every axis, DIPY's rule) the result is the zero vector.
+    """
+    dim = d1.shape[0]
+    shape = d1.shape[1:]
+    lin = np.eye(dim) if premult is None else np.asarray(premult, dtype=np.float64)[:dim, :dim]
+
+    def points(a: int, b: int) -> np.ndarray:  # i + B d1(i) for rows a:b
+        pts = grid_points((b - a,) + shape[1:])
+        pts[0] += np.float32(a)
+        for r in range(dim):
+            for c in range(dim):
+                if lin[r, c] == 1.0:
+                    pts[r] += d1[c, a:b]
+                elif lin[r, c] != 0.0:
+                    pts[r] += np.float32(lin[r, c]) * d1[c, a:b]
+        return pts
+
+    return sample_field_cells(d2, points, zero_outside=True, add=d1, out_shape=shape)
