@@ -28,8 +28,8 @@ analytic gradient.  Differences from DIPY's Cython engine, all of them internal:
   interpolant (DIPY uses +-half-voxel central differences), so the analytic gradient
   is the derivative of the computed metric;
 * sparse sampling (``sampling_proportion``) honours masks (DIPY ignores them);
-* OpenBLAS is held to one thread while optimising (L-BFGS-B on 6-12 parameters only
-  loses time to BLAS thread wake-ups); parallelism is ours, see below.
+* BLAS is held to one thread while optimising (``threadpoolctl``; L-BFGS-B on 6-12
+  parameters only loses time to BLAS thread wake-ups); parallelism is ours, see below.
 
 Work is cut into fixed-size chunks of samples (independent of the thread count) run
 through :func:`synflow._parallel.run_slabs`; partial sums are combined in chunk order,
@@ -38,19 +38,22 @@ so results are bit-identical for any number of threads.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import math
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from synflow._parallel import run_slabs, slab_bounds
+from synflow.align.affine_checks import (
+    AffineInvalidValuesError,
+    AffineInversionError,
+    check_affine,
+)
 from synflow.align.transforms import Transform
 
 __all__ = [
@@ -71,14 +74,6 @@ _CHUNK = 32768  # samples per chunk (cache-friendly; independent of the thread c
 _EPS = 2.2204460492503131e-16
 
 
-class AffineInversionError(ValueError):
-    """The affine matrix is malformed (not 2-D / not square) or cannot be inverted."""
-
-
-class AffineInvalidValuesError(ValueError):
-    """The affine matrix has non-finite entries or its last row is not ``[0 ... 0 1]``."""
-
-
 class VerbosityLevels:
     """DIPY's verbosity levels (only ``NONE`` and ``STATUS`` change what is logged)."""
 
@@ -91,39 +86,10 @@ class VerbosityLevels:
 # --------------------------------------------------------------------------- validation
 
 
-def _validate_affine(affine: Any, name: str = "affine", dim: int | None = None) -> np.ndarray:
-    """Return ``affine`` as a float64 homogeneous matrix or raise a ValueError naming it."""
-    try:
-        a = np.array(affine, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise AffineInvalidValuesError(f"{name} must be a numeric matrix") from exc
-    if a.ndim != 2:
-        raise AffineInversionError(f"{name} must be a 2-D matrix, got shape {a.shape}")
-    if a.shape[0] != a.shape[1]:
-        raise AffineInversionError(f"{name} must be a square matrix, got shape {a.shape}")
-    if dim is not None and a.shape[0] != dim + 1:
-        raise AffineInversionError(
-            f"{name} must be {dim + 1}x{dim + 1} for {dim}-D images, got shape {a.shape}"
-        )
-    if not np.all(np.isfinite(a)):
-        raise AffineInvalidValuesError(f"{name} contains non-finite values")
-    if not np.all(a[-1, :-1] == 0.0) or a[-1, -1] != 1.0:
-        raise AffineInvalidValuesError(f"{name} must have a last row [0 ... 0 1], got {a[-1]}")
-    lin = a[:-1, :-1]
-    try:
-        inv = np.linalg.inv(a)
-    except np.linalg.LinAlgError as exc:
-        raise AffineInversionError(f"{name} is singular and cannot be inverted") from exc
-    scale = max(float(np.abs(lin).max()), 1e-300)
-    if not np.all(np.isfinite(inv)) or abs(np.linalg.det(lin / scale)) < 1e-12:
-        raise AffineInversionError(f"{name} is singular (or nearly) and cannot be inverted")
-    return a
-
-
 def _grid2world(g2w: Any, dim: int, name: str) -> np.ndarray:
     if g2w is None:
         return np.eye(dim + 1)
-    return _validate_affine(g2w, name, dim)
+    return check_affine(g2w, name, dim)
 
 
 def _check_image(img: Any, name: str, dims: tuple[int, ...] = (2, 3)) -> np.ndarray:
@@ -173,71 +139,6 @@ def get_direction_and_spacings(affine: np.ndarray | None, dim: int) -> tuple[np.
     lin = a[:dim, :dim]
     spacing = np.sqrt((lin ** 2).sum(axis=0))
     return lin / spacing[None, :], spacing
-
-
-# --------------------------------------------------------------------------- BLAS threads
-
-_BLAS_API = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-             ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-             ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-             ("openblas_get_num_threads", "openblas_set_num_threads"))
-_blas_handles: list[tuple[Any, Any]] | None = None
-
-
-def _openblas_handles() -> list[tuple[Any, Any]]:
-    """(get, set) thread-count functions of every OpenBLAS loaded in this process (Linux)."""
-    global _blas_handles
-    if _blas_handles is not None:
-        return _blas_handles
-    handles: list[tuple[Any, Any]] = []
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = sorted({line.split()[-1] for line in fh
-                            if "openblas" in line.lower() and ".so" in line})
-    except OSError:  # pragma: no cover - not Linux
-        paths = []
-    mode = getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL
-    for path in paths:
-        if not path.startswith("/"):
-            continue
-        try:
-            lib = ctypes.CDLL(path, mode=mode)  # already loaded: just a handle
-        except OSError:  # pragma: no cover
-            continue
-        for get_name, set_name in _BLAS_API:
-            if hasattr(lib, get_name) and hasattr(lib, set_name):
-                get_fn, set_fn = getattr(lib, get_name), getattr(lib, set_name)
-                get_fn.restype = ctypes.c_int
-                set_fn.argtypes = [ctypes.c_int]
-                handles.append((get_fn, set_fn))
-                break
-    _blas_handles = handles
-    return handles
-
-
-@contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """Run the block with OpenBLAS limited to one thread (restored afterwards).
-
-    L-BFGS-B and the tiny ``(3, n) @ (n, 4)`` products here gain nothing from BLAS
-    threads, while OpenBLAS thread wake-ups cost milliseconds per call on a loaded machine
-    (measured: 10 ms per L-BFGS-B iteration with 12 parameters on 2 busy cores, 0.15 ms
-    with one thread).  Our own parallelism goes through :mod:`synflow._parallel`.
-    """
-    saved = []
-    for get_fn, set_fn in _openblas_handles():
-        try:
-            n = int(get_fn())
-            if n > 1:
-                set_fn(1)
-                saved.append((set_fn, n))
-        except (OSError, ValueError):  # pragma: no cover
-            pass
-    try:
-        yield
-    finally:
-        for set_fn, n in saved:
-            set_fn(n)
 
 
 # --------------------------------------------------------------------------- resampling
@@ -338,7 +239,7 @@ class AffineMap:
             self.affine = None
             self.affine_inv = None
             return
-        a = _validate_affine(affine, "affine")
+        a = check_affine(affine, "affine", None)
         self.affine = a.copy()
         self.affine_inv = np.linalg.inv(a)
 
@@ -734,7 +635,7 @@ class MutualInformationMetric:
         self.moving_grid2world = _grid2world(moving_grid2world, dim, "moving_grid2world")
         self.moving_world2grid = np.linalg.inv(self.moving_grid2world)
         self.starting_affine = (None if starting_affine is None
-                                else _validate_affine(starting_affine, "starting_affine", dim))
+                                else check_affine(starting_affine, "starting_affine", dim))
         smask = _check_mask(static_mask, static.shape, "static_mask")
         mmask = _check_mask(moving_mask, moving.shape, "moving_mask")
         self.static_mask, self.moving_mask = smask, mmask
@@ -1126,7 +1027,7 @@ class AffineRegistration:
                 return transform_geometric_centers(static, s2w, moving, m2w).affine
             raise ValueError(f"Invalid starting_affine strategy {starting_affine!r}: expected "
                              "'mass', 'voxel-origin', 'centers', a matrix or None")
-        return _validate_affine(starting_affine, "starting_affine", dim)
+        return check_affine(starting_affine, "starting_affine", dim)
 
     # -- main entry ---------------------------------------------------------------------
     def optimize(self, static: np.ndarray, moving: np.ndarray, transform: Transform,
@@ -1173,7 +1074,10 @@ class AffineRegistration:
         moving_ss = self._scale_space(moving, mmask, m2w,
                                       ("m", id(moving), id(mmask), m2w.tobytes()))
         self.static_ss, self.moving_ss = static_ss, moving_ss
-        with _single_threaded_blas():
+        # L-BFGS-B on 6-12 parameters and the tiny (3, n) @ (n, 4) products gain nothing
+        # from BLAS threads, whose wake-ups cost ms per call on a loaded machine; our own
+        # parallelism goes through synflow._parallel.
+        with threadpool_limits(limits=1, user_api="blas"):
             opt = self._run_levels(static, moving, transform, smask, mmask, m2w)
         affine_map = AffineMap(self.starting_affine, domain_grid_shape=static.shape,
                                domain_grid2world=s2w, codomain_grid_shape=moving.shape,
@@ -1227,7 +1131,7 @@ class AffineRegistration:
             T = transform.param_to_matrix(params)
             new = T @ self.starting_affine
             try:
-                _validate_affine(new, "registration result", dim)
+                check_affine(new, "registration result", dim)
             except ValueError as exc:
                 raise RuntimeError(f"affine registration diverged: {exc}") from exc
             self.starting_affine = new
