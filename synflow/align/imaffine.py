@@ -49,6 +49,14 @@ from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
 from synflow._parallel import run_slabs, slab_bounds
+from synflow.align._sampling import (
+    LinearSampler,
+    NearestSampler,
+    cubic_bspline_weights,
+    resample_linear,
+    resample_nearest,
+    sample_grid,
+)
 from synflow.align.affine_checks import (
     AffineInvalidValuesError,
     AffineInversionError,
@@ -139,64 +147,6 @@ def get_direction_and_spacings(affine: np.ndarray | None, dim: int) -> tuple[np.
     lin = a[:dim, :dim]
     spacing = np.sqrt((lin ** 2).sum(axis=0))
     return lin / spacing[None, :], spacing
-
-
-# --------------------------------------------------------------------------- resampling
-
-
-def _resample_linear(image: np.ndarray, shape: Sequence[int], comp: np.ndarray) -> np.ndarray:
-    """``out[i] = image(comp . i)`` (voxel -> voxel), k-linear with zero padding, float64.
-
-    Equal to ``map_coordinates(order=1, mode='grid-constant', cval=0)`` (DIPY's rule).
-    """
-    img = np.ascontiguousarray(image, dtype=np.float64)
-    shape = tuple(int(s) for s in shape)
-    dim = len(shape)
-    out = np.empty(shape, dtype=np.float64)
-    mat = comp[:dim, :dim]
-
-    def slab(a: int, b: int) -> None:
-        off = comp[:dim, dim] + mat[:, 0] * a
-        ndi.affine_transform(img, mat, offset=off, output_shape=(b - a,) + shape[1:],
-                             output=out[a:b], order=1, mode="grid-constant", cval=0.0,
-                             prefilter=False)
-
-    run_slabs(slab, shape[0], min_slab=4, max_slabs=8)
-    return out
-
-
-def _nearest_index(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """DIPY's NN rule on one axis: inside iff ``0 <= x <= n-1``; fractions > 0.5 round up."""
-    inside = (x >= 0) & (x <= n - 1)
-    idx = np.ceil(x - 0.5)
-    np.clip(idx, 0, n - 1, out=idx)
-    return idx.astype(np.intp), inside
-
-
-def _resample_nearest(image: np.ndarray, shape: Sequence[int], comp: np.ndarray) -> np.ndarray:
-    """``out[i] = image(round(comp . i))`` with DIPY's nearest-neighbour rule; keeps dtype."""
-    img = np.asarray(image)
-    shape = tuple(int(s) for s in shape)
-    dim = len(shape)
-    out = np.zeros(shape, dtype=img.dtype)
-    flat_img = np.ascontiguousarray(img).ravel()
-    strides = np.array([int(np.prod(img.shape[a + 1:])) for a in range(dim)], dtype=np.intp)
-    axes = [np.arange(s, dtype=np.float64) for s in shape]
-
-    def slab(a: int, b: int) -> None:
-        grids = np.meshgrid(axes[0][a:b], *axes[1:], indexing="ij")
-        flat = np.zeros(grids[0].shape, dtype=np.intp)
-        ok = np.ones(grids[0].shape, dtype=bool)
-        for p in range(dim):
-            x = comp[p, dim] + sum(comp[p, q] * grids[q] for q in range(dim))
-            idx, inside = _nearest_index(x, img.shape[p])
-            flat += idx * strides[p]
-            ok &= inside
-        vals = flat_img[flat]
-        out[a:b] = np.where(ok, vals, np.zeros((), dtype=img.dtype))
-
-    run_slabs(slab, shape[0], min_slab=4, max_slabs=8)
-    return out
 
 
 # --------------------------------------------------------------------------- AffineMap
@@ -299,9 +249,9 @@ class AffineMap:
         else:
             comp = world2grid @ (aff @ sampling_grid2world)
         if interpolation == "linear":
-            return _resample_linear(image, shape, comp)
+            return resample_linear(image, shape, comp)
         img = image.astype(np.uint8) if image.dtype == bool else image
-        return _resample_nearest(img, shape, comp)
+        return resample_nearest(img, shape, comp)
 
     def transform(self, image: np.ndarray, interpolation: str = "linear",
                   image_grid2world: np.ndarray | None = None,
@@ -386,158 +336,6 @@ def transform_origins(static: np.ndarray, static_grid2world: np.ndarray | None,
 
 
 # --------------------------------------------------------------------------- sampling kernels
-
-
-class _Sampler:
-    """Zero-padded k-linear sampler of a float32 image at voxel coordinates.
-
-    The image is padded with two zero layers on each side of every axis; coordinates are
-    clipped to ``[-2, n]`` so that every lookup is in bounds and anything outside
-    ``(-1, n)`` interpolates to exactly 0 with a zero derivative (DIPY's rule).  Also
-    returns the exact derivative of the interpolant with respect to the voxel coordinates.
-    """
-
-    def __init__(self, image: np.ndarray) -> None:
-        img = np.asarray(image, dtype=np.float32)
-        self.dim = img.ndim
-        self.shape = img.shape
-        pad = np.zeros(tuple(n + 4 for n in img.shape), dtype=np.float32)
-        pad[tuple(slice(2, n + 2) for n in img.shape)] = img
-        self.flat = pad.ravel()
-        self.strides = [s // pad.itemsize for s in pad.strides]
-        self.hi = [float(n + 2) for n in img.shape]
-
-    def __call__(self, q: Sequence[np.ndarray], grad: bool
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Values ``(n,)`` and, if ``grad``, voxel-space derivatives ``(dim, n)`` at ``q``."""
-        fr = []
-        base = None
-        for p in range(self.dim):
-            x = q[p] + np.float32(2.0)
-            np.clip(x, 0.0, self.hi[p], out=x)
-            i = x.astype(np.intp)
-            x -= i
-            fr.append(x)
-            i *= self.strides[p]
-            base = i if base is None else base + i
-        take = self.flat.take
-        if self.dim == 3:
-            s0, s1 = self.strides[0], self.strides[1]
-            fx, fy, fz = fr
-            v000 = take(base)
-            v001 = take(base + 1)
-            b = base + s1
-            v010 = take(b)
-            v011 = take(b + 1)
-            b = base + s0
-            v100 = take(b)
-            v101 = take(b + 1)
-            b += s1
-            v110 = take(b)
-            v111 = take(b + 1)
-            d00 = v001 - v000
-            d01 = v011 - v010
-            d10 = v101 - v100
-            d11 = v111 - v110
-            a00 = v000 + fz * d00
-            a01 = v010 + fz * d01
-            a10 = v100 + fz * d10
-            a11 = v110 + fz * d11
-            e0 = a01 - a00
-            e1 = a11 - a10
-            b0 = a00 + fy * e0
-            b1 = a10 + fy * e1
-            g = np.empty((3, fx.size), dtype=np.float32)
-            g0 = np.subtract(b1, b0, out=g[0])
-            val = b0 + fx * g0
-            if not grad:
-                return val, None
-            e1 -= e0
-            e1 *= fx
-            np.add(e0, e1, out=g[1])
-            d01 -= d00
-            d01 *= fy
-            d00 += d01  # c0
-            d11 -= d10
-            d11 *= fy
-            d10 += d11  # c1
-            d10 -= d00
-            d10 *= fx
-            np.add(d00, d10, out=g[2])
-            return val, g
-        s0 = self.strides[0]
-        fx, fy = fr
-        v00 = take(base)
-        v01 = take(base + 1)
-        v10 = take(base + s0)
-        v11 = take(base + s0 + 1)
-        d0 = v01 - v00
-        d1 = v11 - v10
-        a0 = v00 + fy * d0
-        a1 = v10 + fy * d1
-        g = np.empty((2, fx.size), dtype=np.float32)
-        g0 = np.subtract(a1, a0, out=g[0])
-        val = a0 + fx * g0
-        if not grad:
-            return val, None
-        np.add(d0, fx * (d1 - d0), out=g[1])
-        return val, g
-
-
-class _NearestSampler:
-    """DIPY-rule nearest-neighbour lookup of a boolean mask at voxel coordinates."""
-
-    def __init__(self, mask: np.ndarray) -> None:
-        m = np.asarray(mask) != 0
-        self.shape = m.shape
-        self.flat = np.ascontiguousarray(m).ravel()
-        self.strides = [int(np.prod(m.shape[a + 1:])) for a in range(m.ndim)]
-
-    def __call__(self, q: Sequence[np.ndarray]) -> np.ndarray:
-        flat = None
-        ok = None
-        for p, n in enumerate(self.shape):
-            idx, inside = _nearest_index(q[p], n)
-            idx *= self.strides[p]
-            flat = idx if flat is None else flat + idx
-            ok = inside if ok is None else ok & inside
-        return self.flat.take(flat) & ok
-
-
-def _bspline_weights(t: np.ndarray, derivative: bool) -> list[tuple[int, np.ndarray]]:
-    """Cubic B-spline Parzen weights ``beta(o - t)`` (or ``beta'``) for bin offsets ``o``.
-
-    Returns ``(o, weights)`` pairs; ``o`` in ``-2..2``.  Exact for any ``t``: uses the
-    4-term closed form when ``0 <= t <= 1`` and the piecewise definition otherwise.
-    """
-    if t.size == 0 or (float(t.min()) >= 0.0 and float(t.max()) <= 1.0):
-        u = 1.0 - t
-        t2 = t * t
-        u2 = u * u
-        if not derivative:
-            return [(-1, u2 * u * np.float32(1 / 6)),
-                    (0, np.float32(2 / 3) - t2 + np.float32(0.5) * t2 * t),
-                    (1, np.float32(2 / 3) - u2 + np.float32(0.5) * u2 * u),
-                    (2, t2 * t * np.float32(1 / 6))]
-        return [(-1, np.float32(0.5) * u2),
-                (0, t * (np.float32(2.0) - np.float32(1.5) * t)),
-                (1, u * (np.float32(1.5) * u - np.float32(2.0))),
-                (2, np.float32(-0.5) * t2)]
-    out = []
-    for o in range(-2, 3):
-        x = np.float32(o) - t
-        ax = np.abs(x)
-        if not derivative:
-            inner = (np.float32(4.0) - np.float32(6.0) * x * x + np.float32(3.0) * x * x * ax)
-            outer = (np.float32(2.0) - ax) ** 3
-            w = np.where(ax < 1, inner / np.float32(6.0),
-                         np.where(ax < 2, outer / np.float32(6.0), np.float32(0.0)))
-        else:
-            inner = np.float32(-2.0) * x + np.float32(1.5) * x * ax
-            outer = -np.sign(x) * np.float32(0.5) * (np.float32(2.0) - ax) ** 2
-            w = np.where(ax < 1, inner, np.where(ax < 2, outer, np.float32(0.0)))
-        out.append((o, w.astype(np.float32)))
-    return out
 
 
 class _ParzenHistogram:
@@ -646,25 +444,7 @@ class MutualInformationMetric:
         pre = self.static_grid2world
         if self.starting_affine is not None:
             pre = self.starting_affine @ pre
-        # sample points in static voxel coordinates
-        if self.sampling_proportion is None:
-            if smask is None:
-                vox = [a.ravel() for a in np.indices(static.shape, dtype=np.float32)]
-                svals = static.ravel()
-            else:
-                nz = np.nonzero(smask)
-                vox = [a.astype(np.float32) for a in nz]
-                svals = static[nz]
-        else:
-            k = int(math.ceil(1.0 / float(self.sampling_proportion)))
-            lin = np.arange(0, static.size, k)
-            rng = np.random.default_rng(1234)
-            idx = np.unravel_index(lin, static.shape)
-            vox = [(a + rng.normal(0.0, 0.25, size=a.size)).astype(np.float32) for a in idx]
-            if smask is not None:
-                keep = _NearestSampler(smask)(vox)
-                vox = [a[keep] for a in vox]
-            svals, _ = _Sampler(static)(vox, grad=False)
+        vox, svals = sample_grid(static, smask, self.sampling_proportion)
         if vox[0].size == 0:
             raise ValueError("no sample point left inside static_mask")
         ld = _LevelData()
@@ -675,8 +455,8 @@ class MutualInformationMetric:
                          + float(pre[p, dim]))
         ld.sbins = self.histogram.static_bins(svals)
         self._level = ld
-        self._sampler = _Sampler(moving)
-        self._msampler = None if mmask is None else _NearestSampler(mmask)
+        self._sampler = LinearSampler(moving)
+        self._msampler = None if mmask is None else NearestSampler(mmask)
         self._static_counts = None
         if mmask is None:
             self._static_counts = np.bincount(ld.sbins, minlength=self.nbins).astype(np.float64)
@@ -740,7 +520,7 @@ class MutualInformationMetric:
                 out[3] = np.bincount(idx, weights=tw * t, minlength=nb2)
             else:
                 out = np.zeros(nb2 + 4)
-                for o, w in _bspline_weights(t, derivative=False):
+                for o, w in cubic_bspline_weights(t, derivative=False):
                     if wv is not None:
                         w = w * wv
                     out[o + 2: o + 2 + nb2] += np.bincount(idx, weights=w, minlength=nb2)
@@ -808,7 +588,7 @@ class MutualInformationMetric:
                 w += f0.take(idx)
             else:
                 w = None
-                for o, dw in _bspline_weights(t, derivative=True):
+                for o, dw in cubic_bspline_weights(t, derivative=True):
                     term = dw * ftab.take(idx + (o + 2))
                     w = term if w is None else w + term
             if wv is not None:
@@ -1106,10 +886,10 @@ class AffineRegistration:
             elif sl.shape == static.shape:
                 cur_static = sl.image
             else:
-                cur_static = _resample_linear(sl.image, sl.shape, comp).astype(np.float32)
+                cur_static = resample_linear(sl.image, sl.shape, comp).astype(np.float32)
             cur_smask = None
             if smask is not None:
-                cur_smask = _resample_nearest(smask.astype(np.uint8), sl.shape, comp) != 0
+                cur_smask = resample_nearest(smask.astype(np.uint8), sl.shape, comp) != 0
                 if not cur_smask.any():
                     raise ValueError(f"static_mask is empty at pyramid level {level}")
             if max_iter == 0:
