@@ -48,11 +48,21 @@ import scipy.ndimage as ndi
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from synflow._parallel import run_slabs, slab_bounds
+from synflow._parallel import run_slabs
+from synflow.align._mi import (
+    CHUNK,
+    ChunkHistogram,
+    ParzenBins,
+    chunk_bounds,
+    chunk_gradient,
+    chunk_histogram,
+    combine_chunks,
+    gradient_tables,
+    mutual_information,
+)
 from synflow.align._sampling import (
     LinearSampler,
     NearestSampler,
-    cubic_bspline_weights,
     resample_linear,
     resample_nearest,
     sample_grid,
@@ -78,8 +88,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 32768  # samples per chunk (cache-friendly; independent of the thread count)
-_EPS = 2.2204460492503131e-16
 
 
 class VerbosityLevels:
@@ -338,41 +346,6 @@ def transform_origins(static: np.ndarray, static_grid2world: np.ndarray | None,
 # --------------------------------------------------------------------------- sampling kernels
 
 
-class _ParzenHistogram:
-    """Joint and marginal Parzen distributions (DIPY's ``ParzenJointHistogram`` fields)."""
-
-    def __init__(self, nbins: int) -> None:
-        self.nbins = nbins
-        self.padding = 2
-        self.joint = np.zeros((nbins, nbins))
-        self.smarginal = np.zeros(nbins)
-        self.mmarginal = np.zeros(nbins)
-
-    def setup(self, static: np.ndarray, moving: np.ndarray, smask: np.ndarray | None = None,
-              mmask: np.ndarray | None = None) -> None:
-        """Intensity ranges (within the masks) -> bin widths and offsets."""
-        sv = static if smask is None else static[smask != 0]
-        mv = moving if mmask is None else moving[mmask != 0]
-        if sv.size == 0 or mv.size == 0:
-            raise ValueError("the masks leave no voxel to build the intensity histogram")
-        smin, smax = float(np.min(sv)), float(np.max(sv))
-        mmin, mmax = float(np.min(mv)), float(np.max(mv))
-        nb = self.nbins - 2 * self.padding
-        if not smax > smin:
-            raise ValueError("static is constant (within static_mask) at this pyramid level")
-        if not mmax > mmin:
-            raise ValueError("moving is constant (within moving_mask) at this pyramid level")
-        self.sdelta = (smax - smin) / nb
-        self.mdelta = (mmax - mmin) / nb
-        self.smin = smin / self.sdelta - self.padding
-        self.mmin = mmin / self.mdelta - self.padding
-
-    def static_bins(self, values: np.ndarray) -> np.ndarray:
-        """DIPY's hard static bin index: ``trunc(v / delta - min)`` clipped to ``[2, nbins-3]``."""
-        rn = np.asarray(values, dtype=np.float64) / self.sdelta - self.smin
-        return np.clip(rn, self.padding, self.nbins - 1 - self.padding).astype(np.intp)
-
-
 class _LevelData:
     """Per-level constant data for the metric: sample points, static bins, moving sampler."""
 
@@ -405,7 +378,7 @@ class MutualInformationMetric:
                 f"sampling_proportion must be None or in (0, 1], got {sampling_proportion!r}")
         self.nbins = int(nbins)
         self.sampling_proportion = sampling_proportion
-        self.histogram = _ParzenHistogram(self.nbins)
+        self.histogram = ParzenBins(self.nbins)
         self.metric_val: float | None = None
         self.metric_grad: np.ndarray | None = None
 
@@ -489,121 +462,40 @@ class MutualInformationMetric:
             raise AffineInvalidValuesError("transform parameters give an invalid matrix")
         comp = self.moving_world2grid @ T  # pre-aligned world (mm) -> moving voxel
         comp32 = np.ascontiguousarray(comp[: self.dim], dtype=np.float32)
-        H = self.histogram
-        nb = self.nbins
-        nb2 = nb * nb
-        inv_md = np.float32(1.0 / H.mdelta)
-        mmin = np.float32(H.mmin)
         ld = self._level
         sampler, msampler = self._sampler, self._msampler
 
-        def pass1(a: int, b: int):
+        def histogram_pass(a: int, b: int) -> ChunkHistogram:
             q = self._coords(comp32, a, b)
             val, g = sampler(q, want_grad)
             valid = None if msampler is None else msampler(q)
-            cn = val * inv_md
-            cn -= mmin
-            c = np.clip(cn, 2.0, nb - 3.0).astype(np.intp)
-            t = cn - c
-            idx = ld.sbins[a:b] * nb + c
-            wv = None if valid is None else valid.astype(np.float32)
-            fast = bool(t.size == 0 or (float(t.min()) >= 0.0 and float(t.max()) <= 1.0))
-            if fast:
-                # moments sum t^k (k = 0..3) per (static bin, moving bin); the B-spline
-                # weights are cubic polynomials in t, combined after the reduction
-                out = np.empty((4, nb2))
-                tw = t if wv is None else t * wv
-                out[0] = np.bincount(idx, weights=wv, minlength=nb2)
-                out[1] = np.bincount(idx, weights=tw, minlength=nb2)
-                tw = tw * t
-                out[2] = np.bincount(idx, weights=tw, minlength=nb2)
-                out[3] = np.bincount(idx, weights=tw * t, minlength=nb2)
-            else:
-                out = np.zeros(nb2 + 4)
-                for o, w in cubic_bspline_weights(t, derivative=False):
-                    if wv is not None:
-                        w = w * wv
-                    out[o + 2: o + 2 + nb2] += np.bincount(idx, weights=w, minlength=nb2)
-                out = out[2: 2 + nb2]
-            scount = None
-            nvalid = b - a
-            if valid is not None:
-                scount = np.bincount(ld.sbins[a:b], weights=wv, minlength=nb)
-                nvalid = int(np.count_nonzero(valid))
-            keep = (idx, t, g, wv, fast) if want_grad else None
-            return fast, out, scount, nvalid, keep
+            return chunk_histogram(val, g, valid, ld.sbins[a:b], self.histogram, want_grad)
 
-        slabs = _slab_list(ld.n)
-        res = run_slabs(pass1, ld.n, min_slab=_CHUNK, max_slabs=len(slabs))
-        moments = np.zeros((4, nb2))
-        joint = np.zeros(nb2 + 4)
-        nvalid = 0
-        scount = np.zeros(nb) if self._static_counts is None else self._static_counts
-        for fast, out, sc, nv, _ in res:
-            if fast:
-                moments += out
-            else:
-                joint[2: 2 + nb2] += out
-            nvalid += nv
-            if sc is not None:
-                scount = scount + sc
-        hist = _SPLINE_POLY @ moments  # (4 offsets o = -1..2, nb2)
-        for k, o in enumerate((-1, 0, 1, 2)):
-            joint[o + 2: o + 2 + nb2] += hist[k]
-        joint = joint[2: 2 + nb2].copy()
-        total = joint.sum()
-        joint = joint.reshape(nb, nb)
-        if total > 0:
-            joint /= total
-            smarg = scount / max(nvalid, 1)
-        else:
-            smarg = np.zeros(nb)
-        mmarg = joint.sum(axis=0)
-        H.joint, H.smarginal, H.mmarginal = joint, smarg, mmarg
-        ok = (joint >= _EPS) & (mmarg[None, :] >= _EPS)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            factor = np.where(ok, np.log(np.where(ok, joint, 1.0) / np.where(ok, mmarg, 1.0)), 0.0)
-            logs = np.where(smarg > _EPS, np.log(np.where(smarg > _EPS, smarg, 1.0)), 0.0)
-        contrib = np.where(ok & (smarg[:, None] > _EPS), joint * (factor - logs[:, None]), 0.0)
-        mi = float(contrib.sum())
+        slabs = chunk_bounds(ld.n)
+        chunks = run_slabs(histogram_pass, ld.n, min_slab=CHUNK, max_slabs=len(slabs))
+        dist = combine_chunks(chunks, self.nbins, self._static_counts)
+        H = self.histogram
+        H.joint, H.smarginal, H.mmarginal = dist.joint, dist.smarginal, dist.mmarginal
+        mi, factor = mutual_information(dist)
         if not want_grad:
             return mi, None
-        if nvalid == 0 or total <= 0:
+        if dist.nvalid == 0 or dist.total <= 0:
             return mi, np.zeros(self.transform.get_number_of_parameters())
-        fpad = np.zeros(nb2 + 4)
-        fpad[2: 2 + nb2] = factor.ravel()
-        ftab = fpad.astype(np.float32)
-        # w(x) = sum_o beta'(o - t) F[idx + o] = F0[idx] + t (F1[idx] + t F2[idx])
-        shifted = np.stack([fpad[o + 2: o + 2 + nb2] for o in (-1, 0, 1, 2)])
-        f0, f1, f2 = (_DSPLINE_POLY.T @ shifted).astype(np.float32)
+        tables = gradient_tables(factor)
 
-        def pass2(k: int, _b: int):
-            idx, t, g, wv, fast = res[k][4]
+        def gradient_pass(k: int, _b: int) -> np.ndarray:
+            samples = chunks[k].samples
             a = slabs[k][0]
-            if fast:
-                w = f2.take(idx)
-                w *= t
-                w += f1.take(idx)
-                w *= t
-                w += f0.take(idx)
-            else:
-                w = None
-                for o, dw in cubic_bspline_weights(t, derivative=True):
-                    term = dw * ftab.take(idx + (o + 2))
-                    w = term if w is None else w + term
-            if wv is not None:
-                w *= wv
-            return (g @ (ld.pts[:, a: a + idx.size] * w).T).astype(np.float64)
+            return chunk_gradient(samples, tables, ld.pts[:, a: a + samples.index.size])
 
-        parts = run_slabs(pass2, len(res), min_slab=1, max_slabs=len(res))
+        parts = run_slabs(gradient_pass, len(chunks), min_slab=1, max_slabs=len(chunks))
         gvox = np.zeros((self.dim, self.dim + 1))
         for part in parts:
             gvox += part
         lin = self.moving_world2grid[: self.dim, : self.dim]
         gworld = lin.T @ gvox  # sum_x w(x) grad_world M(x) [y(x), 1]
         dM = self.transform.matrix_derivatives(params)
-        grad = -np.einsum("npq,pq->n", dM, gworld) / (nvalid * H.mdelta)
-        return mi, grad
+        return mi, -np.einsum("npq,pq->n", dM, gworld) / (dist.nvalid * H.mdelta)
 
     def _safe(self, params: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None]:
         try:
@@ -633,24 +525,6 @@ class MutualInformationMetric:
         if mi == math.inf:
             return math.inf, np.zeros_like(grad)
         return -mi, -grad
-
-
-def _slab_list(n: int) -> list[tuple[int, int]]:
-    """Fixed chunks of about ``_CHUNK`` samples (depends on ``n`` only)."""
-    return slab_bounds(n, min_slab=_CHUNK, max_slabs=max(1, -(-n // _CHUNK)))
-
-
-#: B-spline weights beta(o - t), o = -1, 0, 1, 2, as cubic polynomials in t in [0, 1]
-#: (rows: offsets; columns: coefficients of 1, t, t^2, t^3).
-_SPLINE_POLY = np.array([[1 / 6, -1 / 2, 1 / 2, -1 / 6],
-                         [2 / 3, 0.0, -1.0, 1 / 2],
-                         [1 / 6, 1 / 2, 1 / 2, -1 / 2],
-                         [0.0, 0.0, 0.0, 1 / 6]])
-#: derivatives beta'(o - t) (d/dx of the kernel at x = o - t): coefficients of 1, t, t^2.
-_DSPLINE_POLY = np.array([[1 / 2, -1.0, 1 / 2],
-                          [0.0, 2.0, -3 / 2],
-                          [-1 / 2, -1.0, 3 / 2],
-                          [0.0, 0.0, -1 / 2]])
 
 
 # --------------------------------------------------------------------------- scale space
