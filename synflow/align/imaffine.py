@@ -72,6 +72,7 @@ from synflow.align.affine_checks import (
     AffineInversionError,
     check_affine,
 )
+from synflow.align.scalespace import IsotropicScaleSpace, ScaleSpace
 from synflow.align.transforms import Transform
 
 __all__ = [
@@ -527,77 +528,6 @@ class MutualInformationMetric:
         return -mi, -grad
 
 
-# --------------------------------------------------------------------------- scale space
-
-
-class _ScaleLevel:
-    """One pyramid level: smoothed full-resolution image and the coarse sampling grid."""
-
-    def __init__(self, image: np.ndarray, shape: tuple[int, ...], grid2world: np.ndarray,
-                 scaling: np.ndarray) -> None:
-        self.image = image  # float32, full resolution, min-max normalised
-        self.shape = shape  # coarse grid shape at this level
-        self.grid2world = grid2world  # coarse voxel -> world mm
-        self.scaling = scaling  # coarse voxel = scaling * full voxel
-
-
-def _minmax(a: np.ndarray) -> np.ndarray:
-    lo, hi = float(a.min()), float(a.max())
-    if not hi > lo:
-        raise ValueError("image is constant after smoothing")
-    return ((a - lo) / (hi - lo)).astype(np.float32)
-
-
-def _isotropic_scale_space(image: np.ndarray, factors: Sequence[int], sigmas: Sequence[float],
-                           grid2world: np.ndarray, spacing: np.ndarray) -> list[_ScaleLevel]:
-    """DIPY's ``IsotropicScaleSpace``: level 0 finest; sigmas in full-res voxels."""
-    nl = len(factors)
-    if len(sigmas) != nl:
-        raise ValueError("sigmas and factors must have the same length")
-    dim = image.ndim
-    size = np.array(image.shape)
-    levels = [_ScaleLevel(_minmax(image), tuple(image.shape), grid2world, np.ones(dim))]
-    min_index = int(np.argmin(spacing))
-    for i in range(1, nl):
-        factor = int(factors[nl - 1 - i])
-        shrink = np.full(dim, float(factor))
-        new_spacing = spacing * factor
-        for j in range(dim):
-            if j == min_index:
-                continue
-            min_diff = abs(new_spacing[j] - new_spacing[min_index])
-            for f in range(1, factor):
-                diff = abs(spacing[j] * f - new_spacing[min_index])
-                if diff < min_diff:
-                    shrink[j] = f
-                    new_spacing[j] = spacing[j] * f
-                    min_diff = diff
-        sigma = float(sigmas[nl - 1 - i])
-        filt = ndi.gaussian_filter(image.astype(np.float64), sigma) if sigma > 0 else image
-        out_size = tuple(int(s) for s in (size / shrink).astype(np.int32))
-        levels.append(_ScaleLevel(_minmax(filt), out_size,
-                                  grid2world @ np.diag(np.append(shrink, 1.0)), shrink))
-    return levels
-
-
-def _anisotropic_scale_space(image: np.ndarray, nlevels: int, grid2world: np.ndarray,
-                             spacing: np.ndarray, sigma_factor: float) -> list[_ScaleLevel]:
-    """DIPY's ``ScaleSpace`` (``ss_sigma_factor``): per-axis sigmas from the voxel sizes."""
-    dim = image.ndim
-    size = np.array(image.shape, dtype=np.float64)
-    levels = [_ScaleLevel(_minmax(image), tuple(image.shape), grid2world, np.ones(dim))]
-    min_spacing = float(np.min(spacing))
-    for i in range(1, nlevels):
-        scaling = (2 ** i) * min_spacing / spacing
-        out_spacing = spacing * scaling
-        out_size = tuple(int(s) for s in (size * (spacing / out_spacing) + 0.5).astype(np.int32))
-        sig = sigma_factor * (out_spacing / spacing - 1.0)
-        filt = ndi.gaussian_filter(image.astype(np.float64), sig)
-        levels.append(_ScaleLevel(_minmax(filt), out_size,
-                                  grid2world @ np.diag(np.append(scaling, 1.0)), scaling))
-    return levels
-
-
 # --------------------------------------------------------------------------- registration
 
 
@@ -650,7 +580,7 @@ class AffineRegistration:
 
     # -- helpers ------------------------------------------------------------------------
     def _scale_space(self, img: np.ndarray, mask: np.ndarray | None, g2w: np.ndarray,
-                     key: Any) -> list[_ScaleLevel]:
+                     key: Any) -> ScaleSpace:
         if self._cache is not None and key in self._cache:
             return self._cache[key]
         if mask is not None:
@@ -661,9 +591,10 @@ class AffineRegistration:
         norm = (img.astype(np.float64) - lo) / (hi - lo)
         _, spacing = get_direction_and_spacings(g2w, img.ndim)
         if self.use_isotropic:
-            ss = _isotropic_scale_space(norm, self.factors, self.sigmas, g2w, spacing)
+            ss = IsotropicScaleSpace(norm, self.factors, self.sigmas, g2w, spacing)
         else:
-            ss = _anisotropic_scale_space(norm, self.levels, g2w, spacing, self.ss_sigma_factor)
+            ss = ScaleSpace(norm, self.levels, g2w, spacing, self.ss_sigma_factor,
+                            work_dtype=np.float64)
         if self._cache is not None:
             self._cache[key] = ss
         return ss
@@ -742,6 +673,22 @@ class AffineRegistration:
             return affine_map, xopt, fopt
         return affine_map
 
+    def _static_at_level(self, full_shape: tuple[int, ...], level: int
+                         ) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The smoothed static image sampled on the ``level`` grid, and that grid's shape."""
+        ss = self.static_ss
+        image = ss.get_image(level)
+        shape = tuple(int(v) for v in ss.get_domain_shape(level))
+        scaling = ss.get_scaling(level)
+        if np.allclose(scaling, np.round(scaling)) and shape != full_shape:
+            f = [int(round(v)) for v in scaling]
+            step = tuple(slice(0, sh * fi, fi) for sh, fi in zip(shape, f, strict=True))
+            return image[step], shape
+        if shape == full_shape:
+            return image, shape
+        comp = np.diag(np.append(scaling, 1.0))  # coarse voxel -> full voxel
+        return resample_linear(image, shape, comp).astype(np.float32), shape
+
     def _run_levels(self, static, moving, transform, smask, mmask, m2w):
         """Coarse-to-fine optimisation; updates ``self.starting_affine``; last result."""
         static_ss, moving_ss, dim = self.static_ss, self.moving_ss, self.dim
@@ -751,25 +698,18 @@ class AffineRegistration:
             max_iter = int(self.level_iters[-1 - level])
             if self.verbosity >= VerbosityLevels.STATUS:
                 logger.info("Optimizing level %d [max iter: %d]", level, max_iter)
-            sl = static_ss[level]
-            comp = np.diag(np.append(sl.scaling, 1.0))  # coarse voxel -> full voxel
-            if np.allclose(sl.scaling, np.round(sl.scaling)) and sl.shape != static.shape:
-                f = [int(round(s)) for s in sl.scaling]
-                cur_static = sl.image[tuple(slice(0, sh * fi, fi)
-                                            for sh, fi in zip(sl.shape, f, strict=True))]
-            elif sl.shape == static.shape:
-                cur_static = sl.image
-            else:
-                cur_static = resample_linear(sl.image, sl.shape, comp).astype(np.float32)
+            cur_static, shape = self._static_at_level(static.shape, level)
             cur_smask = None
             if smask is not None:
-                cur_smask = resample_nearest(smask.astype(np.uint8), sl.shape, comp) != 0
+                comp = np.diag(np.append(static_ss.get_scaling(level), 1.0))
+                cur_smask = resample_nearest(smask.astype(np.uint8), shape, comp) != 0
                 if not cur_smask.any():
                     raise ValueError(f"static_mask is empty at pyramid level {level}")
             if max_iter == 0:
                 continue
-            self.metric.setup(transform, cur_static, moving_ss[level].image,
-                              static_grid2world=sl.grid2world, moving_grid2world=m2w,
+            self.metric.setup(transform, cur_static, moving_ss.get_image(level),
+                              static_grid2world=static_ss.get_affine(level),
+                              moving_grid2world=m2w,
                               starting_affine=self.starting_affine, static_mask=cur_smask,
                               moving_mask=mmask)
             options = {"gtol": 1e-4} if self.options is None else dict(self.options)
