@@ -26,14 +26,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from synflow.align._inputs import check_grid2world as _grid2world
+from synflow.align._inputs import check_image as _check_image
+from synflow.align._inputs import check_mask as _check_mask
 from synflow.align.affine_checks import check_affine
 from synflow.align.imaffine import (
     AffineMap,
     AffineRegistration,
     MutualInformationMetric,
-    _check_image,
-    _check_mask,
-    _grid2world,
     transform_centers_of_mass,
 )
 from synflow.align.transforms import (

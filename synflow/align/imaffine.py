@@ -10,6 +10,15 @@ Spaces and units
 * :meth:`AffineRegistration.optimize` returns an :class:`AffineMap` whose affine maps
   static-world -> moving-world points.
 
+Layout
+------
+This module is the DIPY-API layer (the classes and functions of ``dipy.align.imaffine``;
+about 700 lines because it holds DIPY's three public classes with their argument checks
+and docstrings).  The engine lives in :mod:`synflow.align._mi` (Parzen-window MI and its
+gradient), :mod:`synflow.align._sampling` (samplers, resampling, sample grids, B-spline
+kernels), :mod:`synflow.align.scalespace` (pyramids), :mod:`synflow.align._inputs` and
+:mod:`synflow.align.affine_checks` (argument checks).
+
 Engine
 ------
 Everything is vectorised NumPy/SciPy.  The Parzen-window mutual information follows
@@ -49,6 +58,9 @@ from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
 from synflow._parallel import run_slabs
+from synflow.align._inputs import check_grid2world as _grid2world
+from synflow.align._inputs import check_image as _check_image
+from synflow.align._inputs import check_mask as _check_mask
 from synflow.align._mi import (
     CHUNK,
     ChunkHistogram,
@@ -101,50 +113,6 @@ class VerbosityLevels:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _grid2world(g2w: Any, dim: int, name: str) -> np.ndarray:
-    if g2w is None:
-        return np.eye(dim + 1)
-    return check_affine(g2w, name, dim)
-
-
-def _check_image(img: Any, name: str, dims: tuple[int, ...] = (2, 3)) -> np.ndarray:
-    """Numeric, non-empty, finite 2-D/3-D array, else a ValueError naming ``name``."""
-    if img is None:
-        raise ValueError(f"{name} must be an array, got None")
-    a = np.asarray(img)
-    if a.dtype == bool:
-        a = a.astype(np.uint8)
-    if not (np.issubdtype(a.dtype, np.number)):
-        raise ValueError(f"{name} must be a numeric array, got dtype {a.dtype}")
-    if a.ndim not in dims:
-        raise ValueError(f"{name} must be a {' or '.join(map(str, dims))}-D array, "
-                         f"got shape {a.shape}")
-    if a.size == 0 or min(a.shape) < 2:
-        raise ValueError(f"{name} is empty or degenerate (shape {a.shape}); need >= 2 voxels "
-                         "along every axis")
-    if np.iscomplexobj(a):
-        raise ValueError(f"{name} must be real-valued")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains non-finite values (NaN/inf)")
-    return a
-
-
-def _check_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray | None:
-    if mask is None:
-        return None
-    m = np.asarray(mask)
-    if m.shape != tuple(shape):
-        raise ValueError(f"{name} must have the image shape {tuple(shape)}, got {m.shape}")
-    if not np.issubdtype(m.dtype, np.number) and m.dtype != bool:
-        raise ValueError(f"{name} must be numeric or boolean")
-    if not np.all(np.isfinite(m)):
-        raise ValueError(f"{name} contains non-finite values")
-    m = m != 0
-    if not m.any():
-        raise ValueError(f"{name} is empty (no non-zero voxel)")
-    return m
 
 
 def get_direction_and_spacings(affine: np.ndarray | None, dim: int) -> tuple[np.ndarray,
