@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +101,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Number of array dimensions of an affine matrix (DIPY's module constant).
+_number_dim_affine_matrix = 2
 
 
 
@@ -567,6 +571,28 @@ class AffineRegistration:
             self._cache[key] = ss
         return ss
 
+    def _sparse_masks(self, static_mask: Any, moving_mask: Any) -> tuple[Any, Any]:
+        """DIPY's mask warnings.
+
+        An all-zero mask is ignored with a ``UserWarning`` (DIPY: "the entire volume will
+        be used").  With ``sampling_proportion`` not in ``(None, 1.0)`` and a mask, a
+        ``UserWarning`` is issued as in DIPY, but the masks are honoured (DIPY drops them).
+        """
+        out = []
+        for name, m in (("static_mask", static_mask), ("moving_mask", moving_mask)):
+            if m is not None and np.asarray(m).size and not np.any(np.asarray(m)):
+                warnings.warn(f"{name} is all zeros, setting it to None (the entire volume "
+                              "is used), as DIPY", UserWarning, stacklevel=3)
+                m = None
+            out.append(m)
+        sp = getattr(self.metric, "sampling_proportion", None)
+        if sp not in (None, 1.0) and (out[0] is not None or out[1] is not None):
+            warnings.warn(
+                f"static_mask/moving_mask combined with sparse sampling (sampling_proportion="
+                f"{sp}): DIPY ignores masks in this case, synflow honours them (samples are "
+                "kept inside the masks)", UserWarning, stacklevel=3)
+        return out[0], out[1]
+
     def _starting_affine(self, starting_affine: Any, static, s2w, moving, m2w) -> np.ndarray:
         dim = static.ndim
         if starting_affine is None:
@@ -604,6 +630,7 @@ class AffineRegistration:
             raise ValueError(f"transform is {transform.get_dim()}-D but the images are {dim}-D")
         s2w = _grid2world(static_grid2world, dim, "static_grid2world")
         m2w = _grid2world(moving_grid2world, dim, "moving_grid2world")
+        static_mask, moving_mask = self._sparse_masks(static_mask, moving_mask)
         smask = _check_mask(static_mask, static.shape, "static_mask")
         mmask = _check_mask(moving_mask, moving.shape, "moving_mask")
         for name, img, m in (("static", static, smask), ("moving", moving, mmask)):
