@@ -32,8 +32,12 @@ def check_image(img: Any, name: str, dims: tuple[int, ...] = (2, 3)) -> np.ndarr
     if not (np.issubdtype(a.dtype, np.number)):
         raise ValueError(f"{name} must be a numeric array, got dtype {a.dtype}")
     if a.ndim not in dims:
+        hint = ""
+        if a.ndim == max(dims) + 1:
+            hint = (f"; drop axis {a.ndim - 1} (of length {a.shape[-1]}), e.g. take one "
+                    f"volume {name}[..., i] or the mean over that axis")
         raise ValueError(f"{name} must be a {' or '.join(map(str, dims))}-D array, "
-                         f"got shape {a.shape}")
+                         f"got shape {a.shape}{hint}")
     if a.size == 0 or min(a.shape) < 2:
         raise ValueError(f"{name} is empty or degenerate (shape {a.shape}); need >= 2 voxels "
                          "along every axis")
