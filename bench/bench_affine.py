@@ -22,6 +22,13 @@ Errors are in mm over the brain mask: ``|A x - P x|`` against the true affine ``
 Usage::
 
     python bench/bench_affine.py [--seed 0] [--skip-dipy] [--out bench/RESULTS_affine.md]
+    python bench/bench_affine.py --api [--repeat 3]
+
+``--api`` times DIPY's one-call functions (``center_of_mass``, ``translation``,
+``rigid``, ``affine``, ``affine_registration``, ``resample``,
+``register_dwi_to_template(reg_method="aff")``) against synflow's with the same
+arguments on the bundled b0 pair (81x106x76 at 2 mm, 1 BLAS thread for both, best of
+``--repeat`` runs), and prints the table (nothing is written).
 """
 
 from __future__ import annotations
@@ -51,12 +58,73 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def _api_calls(mod, s, m, sa, ma, dwi, bvals):
+    """name -> zero-argument call of ``mod``'s one-call API (DIPY's signatures)."""
+    bvecs = np.zeros((bvals.size, 3))
+    bvecs[bvals > 0, 0] = 1.0
+    kw = dict(moving_affine=ma, static_affine=sa, level_iters=[100, 50, 10])
+    return {
+        "center_of_mass": lambda: mod.center_of_mass(m, s, moving_affine=ma, static_affine=sa),
+        "translation": lambda: mod.translation(m, s, **kw),
+        "rigid": lambda: mod.rigid(m, s, **kw),
+        "affine": lambda: mod.affine(m, s, **kw),
+        "affine_registration (com, translation, rigid)": lambda: mod.affine_registration(
+            m, s, pipeline=["center_of_mass", "translation", "rigid"], **kw),
+        "resample": lambda: mod.resample(m, s, moving_affine=ma, static_affine=sa),
+        "register_dwi_to_template (aff, com+translation)": lambda: mod.register_dwi_to_template(
+            dwi, (bvals, bvecs), dwi_affine=ma, template=s,
+            template_affine=sa, reg_method="aff", pipeline=["center_of_mass", "translation"],
+            level_iters=[100, 50, 10]),
+    }
+
+
+def _bench_api(repeat: int) -> int:
+    import logging
+
+    import dipy.align as dipy_align
+    import nibabel as nib
+    from threadpoolctl import threadpool_limits
+
+    import synflow.align as synflow_align
+    from synflow._parallel import get_num_threads
+    from synflow.data import get_fnames
+
+    logging.getLogger("dipy").setLevel(logging.WARNING)
+    static_f, moving_f, _ = get_fnames("b0_pair")
+    si, mi = nib.load(static_f), nib.load(moving_f)
+    s, m = si.get_fdata(), mi.get_fdata()
+    dwi = np.stack([m, 0.4 * m, m, 0.3 * m], -1)
+    bvals = np.array([0.0, 1000.0, 0.0, 1000.0])
+    calls = {name: _api_calls(mod, s, m, si.affine, mi.affine, dwi, bvals)
+             for name, mod in (("dipy", dipy_align), ("synflow", synflow_align))}
+    print(f"b0 pair {s.shape} / {m.shape}; synflow threads: {get_num_threads()}; "
+          f"best of {repeat}")
+    print("| function | DIPY 1.12 (s) | synflow (s) | synflow / DIPY |")
+    print("|---|---:|---:|---:|")
+    for name in calls["dipy"]:
+        best = {}
+        for lib in ("dipy", "synflow"):
+            times = []
+            for _ in range(repeat):
+                with threadpool_limits(1, user_api="blas"):
+                    _, t = _timed(calls[lib][name])
+                times.append(t)
+            best[lib] = min(times)
+        print(f"| {name} | {best['dipy']:.3f} | {best['synflow']:.3f} | "
+              f"{best['synflow'] / best['dipy']:.2f}x |", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-dipy", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_affine.md")))
+    parser.add_argument("--api", action="store_true", help="time the one-call API vs DIPY")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.api:
+        return _bench_api(args.repeat)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:]))
     print("command:", command, flush=True)
 

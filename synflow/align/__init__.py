@@ -15,6 +15,10 @@ _LAZY = {
     "center_of_mass": "synflow.align._affine_public",
     "translation": "synflow.align._affine_public",
     "rigid": "synflow.align._affine_public",
+    "rigid_isoscaling": "synflow.align._affine_public",
+    "rigid_scaling": "synflow.align._affine_public",
+    "register_dwi_to_template": "synflow.align._dwi_public",
+    "resample": "synflow.align._dwi_public",
     "affine": "synflow.align._affine_public",
     "estimate_prealign": "synflow.align._affine_public",
 }

@@ -26,14 +26,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from synflow.align._inputs import check_grid2world as _grid2world
+from synflow.align._inputs import check_image as _check_image
+from synflow.align._inputs import check_mask as _check_mask
+from synflow.align.affine_checks import check_affine
 from synflow.align.imaffine import (
     AffineMap,
     AffineRegistration,
     MutualInformationMetric,
-    _check_image,
-    _check_mask,
-    _grid2world,
-    _validate_affine,
     transform_centers_of_mass,
 )
 from synflow.align.transforms import (
@@ -153,7 +153,7 @@ def affine_registration(moving: Any, static: Any, moving_affine: np.ndarray | No
     factors = list(factors or [4, 2, 1])
     static, static_affine = _load(static, static_affine, "static")
     moving, moving_affine = _load(moving, moving_affine, "moving")
-    start = np.eye(4) if starting_affine is None else _validate_affine(
+    start = np.eye(4) if starting_affine is None else check_affine(
         starting_affine, "starting_affine", 3)
     if metric not in affine_metric_dict:
         raise ValueError(f"metric must be one of {list(affine_metric_dict)}, got {metric!r}")
@@ -257,7 +257,7 @@ def estimate_prealign(static: np.ndarray, moving: np.ndarray, static_affine: np.
     smask = _check_mask(static_mask, static.shape, "static_mask")
     mmask = _check_mask(moving_mask, moving.shape, "moving_mask")
     start = kw.get("starting_affine")
-    start = np.eye(4) if start is None else _validate_affine(start, "starting_affine", 3)
+    start = np.eye(4) if start is None else check_affine(start, "starting_affine", 3)
     pipeline = list(pipeline)
     for fi, step in enumerate(pipeline):
         if step not in _STEP_FUNCS:
@@ -279,7 +279,7 @@ def estimate_prealign(static: np.ndarray, moving: np.ndarray, static_affine: np.
                             starting_affine=start, static_mask=smask, moving_mask=mmask)
         start = amap.affine
     out = np.array(start, dtype=np.float64)
-    _validate_affine(out, "estimated prealign", 3)
+    check_affine(out, "estimated prealign", 3)
     return out
 
 

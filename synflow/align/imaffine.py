@@ -10,6 +10,15 @@ Spaces and units
 * :meth:`AffineRegistration.optimize` returns an :class:`AffineMap` whose affine maps
   static-world -> moving-world points.
 
+Layout
+------
+This module is the DIPY-API layer (the classes and functions of ``dipy.align.imaffine``;
+about 700 lines because it holds DIPY's three public classes with their argument checks
+and docstrings).  The engine lives in :mod:`synflow.align._mi` (Parzen-window MI and its
+gradient), :mod:`synflow.align._sampling` (samplers, resampling, sample grids, B-spline
+kernels), :mod:`synflow.align.scalespace` (pyramids), :mod:`synflow.align._inputs` and
+:mod:`synflow.align.affine_checks` (argument checks).
+
 Engine
 ------
 Everything is vectorised NumPy/SciPy.  The Parzen-window mutual information follows
@@ -28,8 +37,8 @@ analytic gradient.  Differences from DIPY's Cython engine, all of them internal:
   interpolant (DIPY uses +-half-voxel central differences), so the analytic gradient
   is the derivative of the computed metric;
 * sparse sampling (``sampling_proportion``) honours masks (DIPY ignores them);
-* OpenBLAS is held to one thread while optimising (L-BFGS-B on 6-12 parameters only
-  loses time to BLAS thread wake-ups); parallelism is ours, see below.
+* BLAS is held to one thread while optimising (``threadpoolctl``; L-BFGS-B on 6-12
+  parameters only loses time to BLAS thread wake-ups); parallelism is ours, see below.
 
 Work is cut into fixed-size chunks of samples (independent of the thread count) run
 through :func:`synflow._parallel.run_slabs`; partial sums are combined in chunk order,
@@ -38,19 +47,45 @@ so results are bit-identical for any number of threads.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import math
-import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
-from synflow._parallel import run_slabs, slab_bounds
+from synflow._parallel import run_slabs
+from synflow.align._inputs import check_grid2world as _grid2world
+from synflow.align._inputs import check_image as _check_image
+from synflow.align._inputs import check_mask as _check_mask
+from synflow.align._mi import (
+    CHUNK,
+    ChunkHistogram,
+    ParzenBins,
+    chunk_bounds,
+    chunk_gradient,
+    chunk_histogram,
+    combine_chunks,
+    gradient_tables,
+    mutual_information,
+)
+from synflow.align._sampling import (
+    LinearSampler,
+    NearestSampler,
+    resample_linear,
+    resample_nearest,
+    sample_grid,
+)
+from synflow.align.affine_checks import (
+    AffineInvalidValuesError,
+    AffineInversionError,
+    check_affine,
+)
+from synflow.align.scalespace import IsotropicScaleSpace, ScaleSpace
 from synflow.align.transforms import Transform
 
 __all__ = [
@@ -67,16 +102,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 32768  # samples per chunk (cache-friendly; independent of the thread count)
-_EPS = 2.2204460492503131e-16
+#: Number of array dimensions of an affine matrix (DIPY's module constant).
+_number_dim_affine_matrix = 2
 
-
-class AffineInversionError(ValueError):
-    """The affine matrix is malformed (not 2-D / not square) or cannot be inverted."""
-
-
-class AffineInvalidValuesError(ValueError):
-    """The affine matrix has non-finite entries or its last row is not ``[0 ... 0 1]``."""
 
 
 class VerbosityLevels:
@@ -91,79 +119,6 @@ class VerbosityLevels:
 # --------------------------------------------------------------------------- validation
 
 
-def _validate_affine(affine: Any, name: str = "affine", dim: int | None = None) -> np.ndarray:
-    """Return ``affine`` as a float64 homogeneous matrix or raise a ValueError naming it."""
-    try:
-        a = np.array(affine, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise AffineInvalidValuesError(f"{name} must be a numeric matrix") from exc
-    if a.ndim != 2:
-        raise AffineInversionError(f"{name} must be a 2-D matrix, got shape {a.shape}")
-    if a.shape[0] != a.shape[1]:
-        raise AffineInversionError(f"{name} must be a square matrix, got shape {a.shape}")
-    if dim is not None and a.shape[0] != dim + 1:
-        raise AffineInversionError(
-            f"{name} must be {dim + 1}x{dim + 1} for {dim}-D images, got shape {a.shape}"
-        )
-    if not np.all(np.isfinite(a)):
-        raise AffineInvalidValuesError(f"{name} contains non-finite values")
-    if not np.all(a[-1, :-1] == 0.0) or a[-1, -1] != 1.0:
-        raise AffineInvalidValuesError(f"{name} must have a last row [0 ... 0 1], got {a[-1]}")
-    lin = a[:-1, :-1]
-    try:
-        inv = np.linalg.inv(a)
-    except np.linalg.LinAlgError as exc:
-        raise AffineInversionError(f"{name} is singular and cannot be inverted") from exc
-    scale = max(float(np.abs(lin).max()), 1e-300)
-    if not np.all(np.isfinite(inv)) or abs(np.linalg.det(lin / scale)) < 1e-12:
-        raise AffineInversionError(f"{name} is singular (or nearly) and cannot be inverted")
-    return a
-
-
-def _grid2world(g2w: Any, dim: int, name: str) -> np.ndarray:
-    if g2w is None:
-        return np.eye(dim + 1)
-    return _validate_affine(g2w, name, dim)
-
-
-def _check_image(img: Any, name: str, dims: tuple[int, ...] = (2, 3)) -> np.ndarray:
-    """Numeric, non-empty, finite 2-D/3-D array, else a ValueError naming ``name``."""
-    if img is None:
-        raise ValueError(f"{name} must be an array, got None")
-    a = np.asarray(img)
-    if a.dtype == bool:
-        a = a.astype(np.uint8)
-    if not (np.issubdtype(a.dtype, np.number)):
-        raise ValueError(f"{name} must be a numeric array, got dtype {a.dtype}")
-    if a.ndim not in dims:
-        raise ValueError(f"{name} must be a {' or '.join(map(str, dims))}-D array, "
-                         f"got shape {a.shape}")
-    if a.size == 0 or min(a.shape) < 2:
-        raise ValueError(f"{name} is empty or degenerate (shape {a.shape}); need >= 2 voxels "
-                         "along every axis")
-    if np.iscomplexobj(a):
-        raise ValueError(f"{name} must be real-valued")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains non-finite values (NaN/inf)")
-    return a
-
-
-def _check_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray | None:
-    if mask is None:
-        return None
-    m = np.asarray(mask)
-    if m.shape != tuple(shape):
-        raise ValueError(f"{name} must have the image shape {tuple(shape)}, got {m.shape}")
-    if not np.issubdtype(m.dtype, np.number) and m.dtype != bool:
-        raise ValueError(f"{name} must be numeric or boolean")
-    if not np.all(np.isfinite(m)):
-        raise ValueError(f"{name} contains non-finite values")
-    m = m != 0
-    if not m.any():
-        raise ValueError(f"{name} is empty (no non-zero voxel)")
-    return m
-
-
 def get_direction_and_spacings(affine: np.ndarray | None, dim: int) -> tuple[np.ndarray,
                                                                               np.ndarray]:
     """Direction cosines and voxel sizes (mm) of a ``grid2world`` matrix (DIPY helper)."""
@@ -173,129 +128,6 @@ def get_direction_and_spacings(affine: np.ndarray | None, dim: int) -> tuple[np.
     lin = a[:dim, :dim]
     spacing = np.sqrt((lin ** 2).sum(axis=0))
     return lin / spacing[None, :], spacing
-
-
-# --------------------------------------------------------------------------- BLAS threads
-
-_BLAS_API = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-             ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-             ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-             ("openblas_get_num_threads", "openblas_set_num_threads"))
-_blas_handles: list[tuple[Any, Any]] | None = None
-
-
-def _openblas_handles() -> list[tuple[Any, Any]]:
-    """(get, set) thread-count functions of every OpenBLAS loaded in this process (Linux)."""
-    global _blas_handles
-    if _blas_handles is not None:
-        return _blas_handles
-    handles: list[tuple[Any, Any]] = []
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = sorted({line.split()[-1] for line in fh
-                            if "openblas" in line.lower() and ".so" in line})
-    except OSError:  # pragma: no cover - not Linux
-        paths = []
-    mode = getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL
-    for path in paths:
-        if not path.startswith("/"):
-            continue
-        try:
-            lib = ctypes.CDLL(path, mode=mode)  # already loaded: just a handle
-        except OSError:  # pragma: no cover
-            continue
-        for get_name, set_name in _BLAS_API:
-            if hasattr(lib, get_name) and hasattr(lib, set_name):
-                get_fn, set_fn = getattr(lib, get_name), getattr(lib, set_name)
-                get_fn.restype = ctypes.c_int
-                set_fn.argtypes = [ctypes.c_int]
-                handles.append((get_fn, set_fn))
-                break
-    _blas_handles = handles
-    return handles
-
-
-@contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """Run the block with OpenBLAS limited to one thread (restored afterwards).
-
-    L-BFGS-B and the tiny ``(3, n) @ (n, 4)`` products here gain nothing from BLAS
-    threads, while OpenBLAS thread wake-ups cost milliseconds per call on a loaded machine
-    (measured: 10 ms per L-BFGS-B iteration with 12 parameters on 2 busy cores, 0.15 ms
-    with one thread).  Our own parallelism goes through :mod:`synflow._parallel`.
-    """
-    saved = []
-    for get_fn, set_fn in _openblas_handles():
-        try:
-            n = int(get_fn())
-            if n > 1:
-                set_fn(1)
-                saved.append((set_fn, n))
-        except (OSError, ValueError):  # pragma: no cover
-            pass
-    try:
-        yield
-    finally:
-        for set_fn, n in saved:
-            set_fn(n)
-
-
-# --------------------------------------------------------------------------- resampling
-
-
-def _resample_linear(image: np.ndarray, shape: Sequence[int], comp: np.ndarray) -> np.ndarray:
-    """``out[i] = image(comp . i)`` (voxel -> voxel), k-linear with zero padding, float64.
-
-    Equal to ``map_coordinates(order=1, mode='grid-constant', cval=0)`` (DIPY's rule).
-    """
-    img = np.ascontiguousarray(image, dtype=np.float64)
-    shape = tuple(int(s) for s in shape)
-    dim = len(shape)
-    out = np.empty(shape, dtype=np.float64)
-    mat = comp[:dim, :dim]
-
-    def slab(a: int, b: int) -> None:
-        off = comp[:dim, dim] + mat[:, 0] * a
-        ndi.affine_transform(img, mat, offset=off, output_shape=(b - a,) + shape[1:],
-                             output=out[a:b], order=1, mode="grid-constant", cval=0.0,
-                             prefilter=False)
-
-    run_slabs(slab, shape[0], min_slab=4, max_slabs=8)
-    return out
-
-
-def _nearest_index(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """DIPY's NN rule on one axis: inside iff ``0 <= x <= n-1``; fractions > 0.5 round up."""
-    inside = (x >= 0) & (x <= n - 1)
-    idx = np.ceil(x - 0.5)
-    np.clip(idx, 0, n - 1, out=idx)
-    return idx.astype(np.intp), inside
-
-
-def _resample_nearest(image: np.ndarray, shape: Sequence[int], comp: np.ndarray) -> np.ndarray:
-    """``out[i] = image(round(comp . i))`` with DIPY's nearest-neighbour rule; keeps dtype."""
-    img = np.asarray(image)
-    shape = tuple(int(s) for s in shape)
-    dim = len(shape)
-    out = np.zeros(shape, dtype=img.dtype)
-    flat_img = np.ascontiguousarray(img).ravel()
-    strides = np.array([int(np.prod(img.shape[a + 1:])) for a in range(dim)], dtype=np.intp)
-    axes = [np.arange(s, dtype=np.float64) for s in shape]
-
-    def slab(a: int, b: int) -> None:
-        grids = np.meshgrid(axes[0][a:b], *axes[1:], indexing="ij")
-        flat = np.zeros(grids[0].shape, dtype=np.intp)
-        ok = np.ones(grids[0].shape, dtype=bool)
-        for p in range(dim):
-            x = comp[p, dim] + sum(comp[p, q] * grids[q] for q in range(dim))
-            idx, inside = _nearest_index(x, img.shape[p])
-            flat += idx * strides[p]
-            ok &= inside
-        vals = flat_img[flat]
-        out[a:b] = np.where(ok, vals, np.zeros((), dtype=img.dtype))
-
-    run_slabs(slab, shape[0], min_slab=4, max_slabs=8)
-    return out
 
 
 # --------------------------------------------------------------------------- AffineMap
@@ -338,7 +170,7 @@ class AffineMap:
             self.affine = None
             self.affine_inv = None
             return
-        a = _validate_affine(affine, "affine")
+        a = check_affine(affine, "affine", None)
         self.affine = a.copy()
         self.affine_inv = np.linalg.inv(a)
 
@@ -398,9 +230,9 @@ class AffineMap:
         else:
             comp = world2grid @ (aff @ sampling_grid2world)
         if interpolation == "linear":
-            return _resample_linear(image, shape, comp)
+            return resample_linear(image, shape, comp)
         img = image.astype(np.uint8) if image.dtype == bool else image
-        return _resample_nearest(img, shape, comp)
+        return resample_nearest(img, shape, comp)
 
     def transform(self, image: np.ndarray, interpolation: str = "linear",
                   image_grid2world: np.ndarray | None = None,
@@ -487,193 +319,6 @@ def transform_origins(static: np.ndarray, static_grid2world: np.ndarray | None,
 # --------------------------------------------------------------------------- sampling kernels
 
 
-class _Sampler:
-    """Zero-padded k-linear sampler of a float32 image at voxel coordinates.
-
-    The image is padded with two zero layers on each side of every axis; coordinates are
-    clipped to ``[-2, n]`` so that every lookup is in bounds and anything outside
-    ``(-1, n)`` interpolates to exactly 0 with a zero derivative (DIPY's rule).  Also
-    returns the exact derivative of the interpolant with respect to the voxel coordinates.
-    """
-
-    def __init__(self, image: np.ndarray) -> None:
-        img = np.asarray(image, dtype=np.float32)
-        self.dim = img.ndim
-        self.shape = img.shape
-        pad = np.zeros(tuple(n + 4 for n in img.shape), dtype=np.float32)
-        pad[tuple(slice(2, n + 2) for n in img.shape)] = img
-        self.flat = pad.ravel()
-        self.strides = [s // pad.itemsize for s in pad.strides]
-        self.hi = [float(n + 2) for n in img.shape]
-
-    def __call__(self, q: Sequence[np.ndarray], grad: bool
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Values ``(n,)`` and, if ``grad``, voxel-space derivatives ``(dim, n)`` at ``q``."""
-        fr = []
-        base = None
-        for p in range(self.dim):
-            x = q[p] + np.float32(2.0)
-            np.clip(x, 0.0, self.hi[p], out=x)
-            i = x.astype(np.intp)
-            x -= i
-            fr.append(x)
-            i *= self.strides[p]
-            base = i if base is None else base + i
-        take = self.flat.take
-        if self.dim == 3:
-            s0, s1 = self.strides[0], self.strides[1]
-            fx, fy, fz = fr
-            v000 = take(base)
-            v001 = take(base + 1)
-            b = base + s1
-            v010 = take(b)
-            v011 = take(b + 1)
-            b = base + s0
-            v100 = take(b)
-            v101 = take(b + 1)
-            b += s1
-            v110 = take(b)
-            v111 = take(b + 1)
-            d00 = v001 - v000
-            d01 = v011 - v010
-            d10 = v101 - v100
-            d11 = v111 - v110
-            a00 = v000 + fz * d00
-            a01 = v010 + fz * d01
-            a10 = v100 + fz * d10
-            a11 = v110 + fz * d11
-            e0 = a01 - a00
-            e1 = a11 - a10
-            b0 = a00 + fy * e0
-            b1 = a10 + fy * e1
-            g = np.empty((3, fx.size), dtype=np.float32)
-            g0 = np.subtract(b1, b0, out=g[0])
-            val = b0 + fx * g0
-            if not grad:
-                return val, None
-            e1 -= e0
-            e1 *= fx
-            np.add(e0, e1, out=g[1])
-            d01 -= d00
-            d01 *= fy
-            d00 += d01  # c0
-            d11 -= d10
-            d11 *= fy
-            d10 += d11  # c1
-            d10 -= d00
-            d10 *= fx
-            np.add(d00, d10, out=g[2])
-            return val, g
-        s0 = self.strides[0]
-        fx, fy = fr
-        v00 = take(base)
-        v01 = take(base + 1)
-        v10 = take(base + s0)
-        v11 = take(base + s0 + 1)
-        d0 = v01 - v00
-        d1 = v11 - v10
-        a0 = v00 + fy * d0
-        a1 = v10 + fy * d1
-        g = np.empty((2, fx.size), dtype=np.float32)
-        g0 = np.subtract(a1, a0, out=g[0])
-        val = a0 + fx * g0
-        if not grad:
-            return val, None
-        np.add(d0, fx * (d1 - d0), out=g[1])
-        return val, g
-
-
-class _NearestSampler:
-    """DIPY-rule nearest-neighbour lookup of a boolean mask at voxel coordinates."""
-
-    def __init__(self, mask: np.ndarray) -> None:
-        m = np.asarray(mask) != 0
-        self.shape = m.shape
-        self.flat = np.ascontiguousarray(m).ravel()
-        self.strides = [int(np.prod(m.shape[a + 1:])) for a in range(m.ndim)]
-
-    def __call__(self, q: Sequence[np.ndarray]) -> np.ndarray:
-        flat = None
-        ok = None
-        for p, n in enumerate(self.shape):
-            idx, inside = _nearest_index(q[p], n)
-            idx *= self.strides[p]
-            flat = idx if flat is None else flat + idx
-            ok = inside if ok is None else ok & inside
-        return self.flat.take(flat) & ok
-
-
-def _bspline_weights(t: np.ndarray, derivative: bool) -> list[tuple[int, np.ndarray]]:
-    """Cubic B-spline Parzen weights ``beta(o - t)`` (or ``beta'``) for bin offsets ``o``.
-
-    Returns ``(o, weights)`` pairs; ``o`` in ``-2..2``.  Exact for any ``t``: uses the
-    4-term closed form when ``0 <= t <= 1`` and the piecewise definition otherwise.
-    """
-    if t.size == 0 or (float(t.min()) >= 0.0 and float(t.max()) <= 1.0):
-        u = 1.0 - t
-        t2 = t * t
-        u2 = u * u
-        if not derivative:
-            return [(-1, u2 * u * np.float32(1 / 6)),
-                    (0, np.float32(2 / 3) - t2 + np.float32(0.5) * t2 * t),
-                    (1, np.float32(2 / 3) - u2 + np.float32(0.5) * u2 * u),
-                    (2, t2 * t * np.float32(1 / 6))]
-        return [(-1, np.float32(0.5) * u2),
-                (0, t * (np.float32(2.0) - np.float32(1.5) * t)),
-                (1, u * (np.float32(1.5) * u - np.float32(2.0))),
-                (2, np.float32(-0.5) * t2)]
-    out = []
-    for o in range(-2, 3):
-        x = np.float32(o) - t
-        ax = np.abs(x)
-        if not derivative:
-            inner = (np.float32(4.0) - np.float32(6.0) * x * x + np.float32(3.0) * x * x * ax)
-            outer = (np.float32(2.0) - ax) ** 3
-            w = np.where(ax < 1, inner / np.float32(6.0),
-                         np.where(ax < 2, outer / np.float32(6.0), np.float32(0.0)))
-        else:
-            inner = np.float32(-2.0) * x + np.float32(1.5) * x * ax
-            outer = -np.sign(x) * np.float32(0.5) * (np.float32(2.0) - ax) ** 2
-            w = np.where(ax < 1, inner, np.where(ax < 2, outer, np.float32(0.0)))
-        out.append((o, w.astype(np.float32)))
-    return out
-
-
-class _ParzenHistogram:
-    """Joint and marginal Parzen distributions (DIPY's ``ParzenJointHistogram`` fields)."""
-
-    def __init__(self, nbins: int) -> None:
-        self.nbins = nbins
-        self.padding = 2
-        self.joint = np.zeros((nbins, nbins))
-        self.smarginal = np.zeros(nbins)
-        self.mmarginal = np.zeros(nbins)
-
-    def setup(self, static: np.ndarray, moving: np.ndarray, smask: np.ndarray | None = None,
-              mmask: np.ndarray | None = None) -> None:
-        """Intensity ranges (within the masks) -> bin widths and offsets."""
-        sv = static if smask is None else static[smask != 0]
-        mv = moving if mmask is None else moving[mmask != 0]
-        if sv.size == 0 or mv.size == 0:
-            raise ValueError("the masks leave no voxel to build the intensity histogram")
-        smin, smax = float(np.min(sv)), float(np.max(sv))
-        mmin, mmax = float(np.min(mv)), float(np.max(mv))
-        nb = self.nbins - 2 * self.padding
-        if not smax > smin:
-            raise ValueError("static is constant (within static_mask) at this pyramid level")
-        if not mmax > mmin:
-            raise ValueError("moving is constant (within moving_mask) at this pyramid level")
-        self.sdelta = (smax - smin) / nb
-        self.mdelta = (mmax - mmin) / nb
-        self.smin = smin / self.sdelta - self.padding
-        self.mmin = mmin / self.mdelta - self.padding
-
-    def static_bins(self, values: np.ndarray) -> np.ndarray:
-        """DIPY's hard static bin index: ``trunc(v / delta - min)`` clipped to ``[2, nbins-3]``."""
-        rn = np.asarray(values, dtype=np.float64) / self.sdelta - self.smin
-        return np.clip(rn, self.padding, self.nbins - 1 - self.padding).astype(np.intp)
-
-
 class _LevelData:
     """Per-level constant data for the metric: sample points, static bins, moving sampler."""
 
@@ -706,7 +351,7 @@ class MutualInformationMetric:
                 f"sampling_proportion must be None or in (0, 1], got {sampling_proportion!r}")
         self.nbins = int(nbins)
         self.sampling_proportion = sampling_proportion
-        self.histogram = _ParzenHistogram(self.nbins)
+        self.histogram = ParzenBins(self.nbins)
         self.metric_val: float | None = None
         self.metric_grad: np.ndarray | None = None
 
@@ -734,7 +379,7 @@ class MutualInformationMetric:
         self.moving_grid2world = _grid2world(moving_grid2world, dim, "moving_grid2world")
         self.moving_world2grid = np.linalg.inv(self.moving_grid2world)
         self.starting_affine = (None if starting_affine is None
-                                else _validate_affine(starting_affine, "starting_affine", dim))
+                                else check_affine(starting_affine, "starting_affine", dim))
         smask = _check_mask(static_mask, static.shape, "static_mask")
         mmask = _check_mask(moving_mask, moving.shape, "moving_mask")
         self.static_mask, self.moving_mask = smask, mmask
@@ -745,25 +390,7 @@ class MutualInformationMetric:
         pre = self.static_grid2world
         if self.starting_affine is not None:
             pre = self.starting_affine @ pre
-        # sample points in static voxel coordinates
-        if self.sampling_proportion is None:
-            if smask is None:
-                vox = [a.ravel() for a in np.indices(static.shape, dtype=np.float32)]
-                svals = static.ravel()
-            else:
-                nz = np.nonzero(smask)
-                vox = [a.astype(np.float32) for a in nz]
-                svals = static[nz]
-        else:
-            k = int(math.ceil(1.0 / float(self.sampling_proportion)))
-            lin = np.arange(0, static.size, k)
-            rng = np.random.default_rng(1234)
-            idx = np.unravel_index(lin, static.shape)
-            vox = [(a + rng.normal(0.0, 0.25, size=a.size)).astype(np.float32) for a in idx]
-            if smask is not None:
-                keep = _NearestSampler(smask)(vox)
-                vox = [a[keep] for a in vox]
-            svals, _ = _Sampler(static)(vox, grad=False)
+        vox, svals = sample_grid(static, smask, self.sampling_proportion)
         if vox[0].size == 0:
             raise ValueError("no sample point left inside static_mask")
         ld = _LevelData()
@@ -774,8 +401,8 @@ class MutualInformationMetric:
                          + float(pre[p, dim]))
         ld.sbins = self.histogram.static_bins(svals)
         self._level = ld
-        self._sampler = _Sampler(moving)
-        self._msampler = None if mmask is None else _NearestSampler(mmask)
+        self._sampler = LinearSampler(moving)
+        self._msampler = None if mmask is None else NearestSampler(mmask)
         self._static_counts = None
         if mmask is None:
             self._static_counts = np.bincount(ld.sbins, minlength=self.nbins).astype(np.float64)
@@ -808,121 +435,40 @@ class MutualInformationMetric:
             raise AffineInvalidValuesError("transform parameters give an invalid matrix")
         comp = self.moving_world2grid @ T  # pre-aligned world (mm) -> moving voxel
         comp32 = np.ascontiguousarray(comp[: self.dim], dtype=np.float32)
-        H = self.histogram
-        nb = self.nbins
-        nb2 = nb * nb
-        inv_md = np.float32(1.0 / H.mdelta)
-        mmin = np.float32(H.mmin)
         ld = self._level
         sampler, msampler = self._sampler, self._msampler
 
-        def pass1(a: int, b: int):
+        def histogram_pass(a: int, b: int) -> ChunkHistogram:
             q = self._coords(comp32, a, b)
             val, g = sampler(q, want_grad)
             valid = None if msampler is None else msampler(q)
-            cn = val * inv_md
-            cn -= mmin
-            c = np.clip(cn, 2.0, nb - 3.0).astype(np.intp)
-            t = cn - c
-            idx = ld.sbins[a:b] * nb + c
-            wv = None if valid is None else valid.astype(np.float32)
-            fast = bool(t.size == 0 or (float(t.min()) >= 0.0 and float(t.max()) <= 1.0))
-            if fast:
-                # moments sum t^k (k = 0..3) per (static bin, moving bin); the B-spline
-                # weights are cubic polynomials in t, combined after the reduction
-                out = np.empty((4, nb2))
-                tw = t if wv is None else t * wv
-                out[0] = np.bincount(idx, weights=wv, minlength=nb2)
-                out[1] = np.bincount(idx, weights=tw, minlength=nb2)
-                tw = tw * t
-                out[2] = np.bincount(idx, weights=tw, minlength=nb2)
-                out[3] = np.bincount(idx, weights=tw * t, minlength=nb2)
-            else:
-                out = np.zeros(nb2 + 4)
-                for o, w in _bspline_weights(t, derivative=False):
-                    if wv is not None:
-                        w = w * wv
-                    out[o + 2: o + 2 + nb2] += np.bincount(idx, weights=w, minlength=nb2)
-                out = out[2: 2 + nb2]
-            scount = None
-            nvalid = b - a
-            if valid is not None:
-                scount = np.bincount(ld.sbins[a:b], weights=wv, minlength=nb)
-                nvalid = int(np.count_nonzero(valid))
-            keep = (idx, t, g, wv, fast) if want_grad else None
-            return fast, out, scount, nvalid, keep
+            return chunk_histogram(val, g, valid, ld.sbins[a:b], self.histogram, want_grad)
 
-        slabs = _slab_list(ld.n)
-        res = run_slabs(pass1, ld.n, min_slab=_CHUNK, max_slabs=len(slabs))
-        moments = np.zeros((4, nb2))
-        joint = np.zeros(nb2 + 4)
-        nvalid = 0
-        scount = np.zeros(nb) if self._static_counts is None else self._static_counts
-        for fast, out, sc, nv, _ in res:
-            if fast:
-                moments += out
-            else:
-                joint[2: 2 + nb2] += out
-            nvalid += nv
-            if sc is not None:
-                scount = scount + sc
-        hist = _SPLINE_POLY @ moments  # (4 offsets o = -1..2, nb2)
-        for k, o in enumerate((-1, 0, 1, 2)):
-            joint[o + 2: o + 2 + nb2] += hist[k]
-        joint = joint[2: 2 + nb2].copy()
-        total = joint.sum()
-        joint = joint.reshape(nb, nb)
-        if total > 0:
-            joint /= total
-            smarg = scount / max(nvalid, 1)
-        else:
-            smarg = np.zeros(nb)
-        mmarg = joint.sum(axis=0)
-        H.joint, H.smarginal, H.mmarginal = joint, smarg, mmarg
-        ok = (joint >= _EPS) & (mmarg[None, :] >= _EPS)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            factor = np.where(ok, np.log(np.where(ok, joint, 1.0) / np.where(ok, mmarg, 1.0)), 0.0)
-            logs = np.where(smarg > _EPS, np.log(np.where(smarg > _EPS, smarg, 1.0)), 0.0)
-        contrib = np.where(ok & (smarg[:, None] > _EPS), joint * (factor - logs[:, None]), 0.0)
-        mi = float(contrib.sum())
+        slabs = chunk_bounds(ld.n)
+        chunks = run_slabs(histogram_pass, ld.n, min_slab=CHUNK, max_slabs=len(slabs))
+        dist = combine_chunks(chunks, self.nbins, self._static_counts)
+        H = self.histogram
+        H.joint, H.smarginal, H.mmarginal = dist.joint, dist.smarginal, dist.mmarginal
+        mi, factor = mutual_information(dist)
         if not want_grad:
             return mi, None
-        if nvalid == 0 or total <= 0:
+        if dist.nvalid == 0 or dist.total <= 0:
             return mi, np.zeros(self.transform.get_number_of_parameters())
-        fpad = np.zeros(nb2 + 4)
-        fpad[2: 2 + nb2] = factor.ravel()
-        ftab = fpad.astype(np.float32)
-        # w(x) = sum_o beta'(o - t) F[idx + o] = F0[idx] + t (F1[idx] + t F2[idx])
-        shifted = np.stack([fpad[o + 2: o + 2 + nb2] for o in (-1, 0, 1, 2)])
-        f0, f1, f2 = (_DSPLINE_POLY.T @ shifted).astype(np.float32)
+        tables = gradient_tables(factor)
 
-        def pass2(k: int, _b: int):
-            idx, t, g, wv, fast = res[k][4]
+        def gradient_pass(k: int, _b: int) -> np.ndarray:
+            samples = chunks[k].samples
             a = slabs[k][0]
-            if fast:
-                w = f2.take(idx)
-                w *= t
-                w += f1.take(idx)
-                w *= t
-                w += f0.take(idx)
-            else:
-                w = None
-                for o, dw in _bspline_weights(t, derivative=True):
-                    term = dw * ftab.take(idx + (o + 2))
-                    w = term if w is None else w + term
-            if wv is not None:
-                w *= wv
-            return (g @ (ld.pts[:, a: a + idx.size] * w).T).astype(np.float64)
+            return chunk_gradient(samples, tables, ld.pts[:, a: a + samples.index.size])
 
-        parts = run_slabs(pass2, len(res), min_slab=1, max_slabs=len(res))
+        parts = run_slabs(gradient_pass, len(chunks), min_slab=1, max_slabs=len(chunks))
         gvox = np.zeros((self.dim, self.dim + 1))
         for part in parts:
             gvox += part
         lin = self.moving_world2grid[: self.dim, : self.dim]
         gworld = lin.T @ gvox  # sum_x w(x) grad_world M(x) [y(x), 1]
         dM = self.transform.matrix_derivatives(params)
-        grad = -np.einsum("npq,pq->n", dM, gworld) / (nvalid * H.mdelta)
-        return mi, grad
+        return mi, -np.einsum("npq,pq->n", dM, gworld) / (dist.nvalid * H.mdelta)
 
     def _safe(self, params: np.ndarray, want_grad: bool) -> tuple[float, np.ndarray | None]:
         try:
@@ -952,95 +498,6 @@ class MutualInformationMetric:
         if mi == math.inf:
             return math.inf, np.zeros_like(grad)
         return -mi, -grad
-
-
-def _slab_list(n: int) -> list[tuple[int, int]]:
-    """Fixed chunks of about ``_CHUNK`` samples (depends on ``n`` only)."""
-    return slab_bounds(n, min_slab=_CHUNK, max_slabs=max(1, -(-n // _CHUNK)))
-
-
-#: B-spline weights beta(o - t), o = -1, 0, 1, 2, as cubic polynomials in t in [0, 1]
-#: (rows: offsets; columns: coefficients of 1, t, t^2, t^3).
-_SPLINE_POLY = np.array([[1 / 6, -1 / 2, 1 / 2, -1 / 6],
-                         [2 / 3, 0.0, -1.0, 1 / 2],
-                         [1 / 6, 1 / 2, 1 / 2, -1 / 2],
-                         [0.0, 0.0, 0.0, 1 / 6]])
-#: derivatives beta'(o - t) (d/dx of the kernel at x = o - t): coefficients of 1, t, t^2.
-_DSPLINE_POLY = np.array([[1 / 2, -1.0, 1 / 2],
-                          [0.0, 2.0, -3 / 2],
-                          [-1 / 2, -1.0, 3 / 2],
-                          [0.0, 0.0, -1 / 2]])
-
-
-# --------------------------------------------------------------------------- scale space
-
-
-class _ScaleLevel:
-    """One pyramid level: smoothed full-resolution image and the coarse sampling grid."""
-
-    def __init__(self, image: np.ndarray, shape: tuple[int, ...], grid2world: np.ndarray,
-                 scaling: np.ndarray) -> None:
-        self.image = image  # float32, full resolution, min-max normalised
-        self.shape = shape  # coarse grid shape at this level
-        self.grid2world = grid2world  # coarse voxel -> world mm
-        self.scaling = scaling  # coarse voxel = scaling * full voxel
-
-
-def _minmax(a: np.ndarray) -> np.ndarray:
-    lo, hi = float(a.min()), float(a.max())
-    if not hi > lo:
-        raise ValueError("image is constant after smoothing")
-    return ((a - lo) / (hi - lo)).astype(np.float32)
-
-
-def _isotropic_scale_space(image: np.ndarray, factors: Sequence[int], sigmas: Sequence[float],
-                           grid2world: np.ndarray, spacing: np.ndarray) -> list[_ScaleLevel]:
-    """DIPY's ``IsotropicScaleSpace``: level 0 finest; sigmas in full-res voxels."""
-    nl = len(factors)
-    if len(sigmas) != nl:
-        raise ValueError("sigmas and factors must have the same length")
-    dim = image.ndim
-    size = np.array(image.shape)
-    levels = [_ScaleLevel(_minmax(image), tuple(image.shape), grid2world, np.ones(dim))]
-    min_index = int(np.argmin(spacing))
-    for i in range(1, nl):
-        factor = int(factors[nl - 1 - i])
-        shrink = np.full(dim, float(factor))
-        new_spacing = spacing * factor
-        for j in range(dim):
-            if j == min_index:
-                continue
-            min_diff = abs(new_spacing[j] - new_spacing[min_index])
-            for f in range(1, factor):
-                diff = abs(spacing[j] * f - new_spacing[min_index])
-                if diff < min_diff:
-                    shrink[j] = f
-                    new_spacing[j] = spacing[j] * f
-                    min_diff = diff
-        sigma = float(sigmas[nl - 1 - i])
-        filt = ndi.gaussian_filter(image.astype(np.float64), sigma) if sigma > 0 else image
-        out_size = tuple(int(s) for s in (size / shrink).astype(np.int32))
-        levels.append(_ScaleLevel(_minmax(filt), out_size,
-                                  grid2world @ np.diag(np.append(shrink, 1.0)), shrink))
-    return levels
-
-
-def _anisotropic_scale_space(image: np.ndarray, nlevels: int, grid2world: np.ndarray,
-                             spacing: np.ndarray, sigma_factor: float) -> list[_ScaleLevel]:
-    """DIPY's ``ScaleSpace`` (``ss_sigma_factor``): per-axis sigmas from the voxel sizes."""
-    dim = image.ndim
-    size = np.array(image.shape, dtype=np.float64)
-    levels = [_ScaleLevel(_minmax(image), tuple(image.shape), grid2world, np.ones(dim))]
-    min_spacing = float(np.min(spacing))
-    for i in range(1, nlevels):
-        scaling = (2 ** i) * min_spacing / spacing
-        out_spacing = spacing * scaling
-        out_size = tuple(int(s) for s in (size * (spacing / out_spacing) + 0.5).astype(np.int32))
-        sig = sigma_factor * (out_spacing / spacing - 1.0)
-        filt = ndi.gaussian_filter(image.astype(np.float64), sig)
-        levels.append(_ScaleLevel(_minmax(filt), out_size,
-                                  grid2world @ np.diag(np.append(scaling, 1.0)), scaling))
-    return levels
 
 
 # --------------------------------------------------------------------------- registration
@@ -1095,7 +552,7 @@ class AffineRegistration:
 
     # -- helpers ------------------------------------------------------------------------
     def _scale_space(self, img: np.ndarray, mask: np.ndarray | None, g2w: np.ndarray,
-                     key: Any) -> list[_ScaleLevel]:
+                     key: Any) -> ScaleSpace:
         if self._cache is not None and key in self._cache:
             return self._cache[key]
         if mask is not None:
@@ -1106,12 +563,35 @@ class AffineRegistration:
         norm = (img.astype(np.float64) - lo) / (hi - lo)
         _, spacing = get_direction_and_spacings(g2w, img.ndim)
         if self.use_isotropic:
-            ss = _isotropic_scale_space(norm, self.factors, self.sigmas, g2w, spacing)
+            ss = IsotropicScaleSpace(norm, self.factors, self.sigmas, g2w, spacing)
         else:
-            ss = _anisotropic_scale_space(norm, self.levels, g2w, spacing, self.ss_sigma_factor)
+            ss = ScaleSpace(norm, self.levels, g2w, spacing, self.ss_sigma_factor,
+                            work_dtype=np.float64)
         if self._cache is not None:
             self._cache[key] = ss
         return ss
+
+    def _sparse_masks(self, static_mask: Any, moving_mask: Any) -> tuple[Any, Any]:
+        """DIPY's mask warnings.
+
+        An all-zero mask is ignored with a ``UserWarning`` (DIPY: "the entire volume will
+        be used").  With ``sampling_proportion`` not in ``(None, 1.0)`` and a mask, a
+        ``UserWarning`` is issued as in DIPY, but the masks are honoured (DIPY drops them).
+        """
+        out = []
+        for name, m in (("static_mask", static_mask), ("moving_mask", moving_mask)):
+            if m is not None and np.asarray(m).size and not np.any(np.asarray(m)):
+                warnings.warn(f"{name} is all zeros, setting it to None (the entire volume "
+                              "is used), as DIPY", UserWarning, stacklevel=3)
+                m = None
+            out.append(m)
+        sp = getattr(self.metric, "sampling_proportion", None)
+        if sp not in (None, 1.0) and (out[0] is not None or out[1] is not None):
+            warnings.warn(
+                f"static_mask/moving_mask combined with sparse sampling (sampling_proportion="
+                f"{sp}): DIPY ignores masks in this case, synflow honours them (samples are "
+                "kept inside the masks)", UserWarning, stacklevel=3)
+        return out[0], out[1]
 
     def _starting_affine(self, starting_affine: Any, static, s2w, moving, m2w) -> np.ndarray:
         dim = static.ndim
@@ -1126,7 +606,7 @@ class AffineRegistration:
                 return transform_geometric_centers(static, s2w, moving, m2w).affine
             raise ValueError(f"Invalid starting_affine strategy {starting_affine!r}: expected "
                              "'mass', 'voxel-origin', 'centers', a matrix or None")
-        return _validate_affine(starting_affine, "starting_affine", dim)
+        return check_affine(starting_affine, "starting_affine", dim)
 
     # -- main entry ---------------------------------------------------------------------
     def optimize(self, static: np.ndarray, moving: np.ndarray, transform: Transform,
@@ -1150,6 +630,7 @@ class AffineRegistration:
             raise ValueError(f"transform is {transform.get_dim()}-D but the images are {dim}-D")
         s2w = _grid2world(static_grid2world, dim, "static_grid2world")
         m2w = _grid2world(moving_grid2world, dim, "moving_grid2world")
+        static_mask, moving_mask = self._sparse_masks(static_mask, moving_mask)
         smask = _check_mask(static_mask, static.shape, "static_mask")
         mmask = _check_mask(moving_mask, moving.shape, "moving_mask")
         for name, img, m in (("static", static, smask), ("moving", moving, mmask)):
@@ -1173,7 +654,10 @@ class AffineRegistration:
         moving_ss = self._scale_space(moving, mmask, m2w,
                                       ("m", id(moving), id(mmask), m2w.tobytes()))
         self.static_ss, self.moving_ss = static_ss, moving_ss
-        with _single_threaded_blas():
+        # L-BFGS-B on 6-12 parameters and the tiny (3, n) @ (n, 4) products gain nothing
+        # from BLAS threads, whose wake-ups cost ms per call on a loaded machine; our own
+        # parallelism goes through synflow._parallel.
+        with threadpool_limits(limits=1, user_api="blas"):
             opt = self._run_levels(static, moving, transform, smask, mmask, m2w)
         affine_map = AffineMap(self.starting_affine, domain_grid_shape=static.shape,
                                domain_grid2world=s2w, codomain_grid_shape=moving.shape,
@@ -1184,6 +668,22 @@ class AffineRegistration:
             return affine_map, xopt, fopt
         return affine_map
 
+    def _static_at_level(self, full_shape: tuple[int, ...], level: int
+                         ) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The smoothed static image sampled on the ``level`` grid, and that grid's shape."""
+        ss = self.static_ss
+        image = ss.get_image(level)
+        shape = tuple(int(v) for v in ss.get_domain_shape(level))
+        scaling = ss.get_scaling(level)
+        if np.allclose(scaling, np.round(scaling)) and shape != full_shape:
+            f = [int(round(v)) for v in scaling]
+            step = tuple(slice(0, sh * fi, fi) for sh, fi in zip(shape, f, strict=True))
+            return image[step], shape
+        if shape == full_shape:
+            return image, shape
+        comp = np.diag(np.append(scaling, 1.0))  # coarse voxel -> full voxel
+        return resample_linear(image, shape, comp).astype(np.float32), shape
+
     def _run_levels(self, static, moving, transform, smask, mmask, m2w):
         """Coarse-to-fine optimisation; updates ``self.starting_affine``; last result."""
         static_ss, moving_ss, dim = self.static_ss, self.moving_ss, self.dim
@@ -1193,25 +693,18 @@ class AffineRegistration:
             max_iter = int(self.level_iters[-1 - level])
             if self.verbosity >= VerbosityLevels.STATUS:
                 logger.info("Optimizing level %d [max iter: %d]", level, max_iter)
-            sl = static_ss[level]
-            comp = np.diag(np.append(sl.scaling, 1.0))  # coarse voxel -> full voxel
-            if np.allclose(sl.scaling, np.round(sl.scaling)) and sl.shape != static.shape:
-                f = [int(round(s)) for s in sl.scaling]
-                cur_static = sl.image[tuple(slice(0, sh * fi, fi)
-                                            for sh, fi in zip(sl.shape, f, strict=True))]
-            elif sl.shape == static.shape:
-                cur_static = sl.image
-            else:
-                cur_static = _resample_linear(sl.image, sl.shape, comp).astype(np.float32)
+            cur_static, shape = self._static_at_level(static.shape, level)
             cur_smask = None
             if smask is not None:
-                cur_smask = _resample_nearest(smask.astype(np.uint8), sl.shape, comp) != 0
+                comp = np.diag(np.append(static_ss.get_scaling(level), 1.0))
+                cur_smask = resample_nearest(smask.astype(np.uint8), shape, comp) != 0
                 if not cur_smask.any():
                     raise ValueError(f"static_mask is empty at pyramid level {level}")
             if max_iter == 0:
                 continue
-            self.metric.setup(transform, cur_static, moving_ss[level].image,
-                              static_grid2world=sl.grid2world, moving_grid2world=m2w,
+            self.metric.setup(transform, cur_static, moving_ss.get_image(level),
+                              static_grid2world=static_ss.get_affine(level),
+                              moving_grid2world=m2w,
                               starting_affine=self.starting_affine, static_mask=cur_smask,
                               moving_mask=mmask)
             options = {"gtol": 1e-4} if self.options is None else dict(self.options)
@@ -1227,7 +720,7 @@ class AffineRegistration:
             T = transform.param_to_matrix(params)
             new = T @ self.starting_affine
             try:
-                _validate_affine(new, "registration result", dim)
+                check_affine(new, "registration result", dim)
             except ValueError as exc:
                 raise RuntimeError(f"affine registration diverged: {exc}") from exc
             self.starting_affine = new

@@ -75,12 +75,19 @@ class Transform:
     """Base class: a parametric transform of ``dim``-D world points (mm).
 
     Subclasses implement :meth:`_linear` returning the ``(dim, dim + 1)`` top rows of the
-    matrix and their derivatives ``(n, dim, dim + 1)``.
+    matrix and their derivatives ``(n, dim, dim + 1)``.  The base class itself, as in DIPY,
+    reports ``-1`` for its dimension and number of parameters and raises ``ValueError``
+    from :meth:`jacobian`, :meth:`get_identity_parameters` and :meth:`param_to_matrix`.
     """
 
-    dim: int = 3
-    number_of_parameters: int = 0
+    dim: int = -1
+    number_of_parameters: int = -1
     _identity: tuple[float, ...] = ()
+
+    def _require_concrete(self) -> None:
+        if self.number_of_parameters < 0:
+            raise ValueError(f"{type(self).__name__} is an abstract transform: use one of "
+                             "synflow.align.transforms.regtransforms")
 
     def get_number_of_parameters(self) -> int:
         """Number of parameters ``n``."""
@@ -92,9 +99,11 @@ class Transform:
 
     def get_identity_parameters(self) -> np.ndarray:
         """Parameters giving the identity matrix, float64 ``(n,)``."""
+        self._require_concrete()
         return np.array(self._identity, dtype=np.float64)
 
     def _check(self, theta: np.ndarray) -> np.ndarray:
+        self._require_concrete()
         theta = np.asarray(theta, dtype=np.float64).ravel()
         if theta.size != self.number_of_parameters:
             raise ValueError(
@@ -120,6 +129,7 @@ class Transform:
 
     def jacobian(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Jacobian ``d T(theta) x / d theta`` at the world point ``x`` (mm), shape ``(dim, n)``."""
+        self._require_concrete()
         x = np.asarray(x, dtype=np.float64).ravel()
         if x.size != self.dim:
             raise ValueError(f"x must have {self.dim} coordinates, got {x.size}")
