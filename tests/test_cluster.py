@@ -44,6 +44,8 @@ from synflow.cli.plugins import (
     container_mount_hint,
     load_plugin_file,
     parse_plugin_args,
+    plugin_environment,
+    plugin_keys,
     resolve_plugin,
     resolve_plugin_name,
     validate_plugin_args,
@@ -104,7 +106,7 @@ def test_known_keys_are_read_by_nipype(name: str) -> None:
     source = "".join(
         inspect.getsource(klass) for klass in cls.__mro__ if klass.__module__.startswith("nipype")
     )
-    for key in PLUGINS[name].keys:
+    for key in plugin_keys(name):
         assert f'"{key}"' in source or f"'{key}'" in source, f"{name} never reads {key!r}"
 
 
@@ -377,7 +379,10 @@ def test_scheduler_answering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "SLURM",
         {"sbatch_args": "-p short --mem 4G", "max_jobs": 10},
     )
-    assert os.environ["LOGNAME"]  # Nipype's SLURM plugin needs it; set before any work
+    assert "LOGNAME" not in os.environ  # checking the plugin changes no environment
+    with plugin_environment("SLURM"):
+        assert os.environ["LOGNAME"]  # Nipype's SLURM plugin needs it, around run() only
+    assert "LOGNAME" not in os.environ
 
 
 def test_sbatch_test_only_rejects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -582,7 +587,8 @@ def test_slurm_plugin_runs_nodes_as_sbatch_jobs(
     )
     assert name == "SLURM"
 
-    graph = _two_node_workflow(tmp_path, 20).run(plugin=name, plugin_args=args)
+    with plugin_environment(name):
+        graph = _two_node_workflow(tmp_path, 20).run(plugin=name, plugin_args=args)
 
     assert _results(graph) == {"double": 40, "plus_one": 41}
     # Every node ran as its own sbatch job: Nipype writes one slurm-<jobid>.out per job.
@@ -609,7 +615,8 @@ def test_slurmgraph_submits_dependent_jobs(
     name, args = resolve_plugin("SLURMGraph", '{"sbatch_args": "--mem=256M --time=5"}')
     assert not plugin_blocks(name, args)
     wf = _two_node_workflow(tmp_path, 7)
-    wf.run(plugin=name, plugin_args=args)
+    with plugin_environment(name):
+        wf.run(plugin=name, plugin_args=args)
 
     result = tmp_path / wf.name / "plus_one" / "result_plus_one.pklz"
     deadline = time.monotonic() + 180
@@ -908,3 +915,26 @@ def test_synflow_rejected_sbatch_args_exit_64(
     assert "SLURM would reject the jobs" in proc.stderr
     assert "invalid partition" in proc.stderr.lower()
     assert not work.exists() and not out.exists()
+
+
+class _FuturePlugin:
+    """Stands for a plugin of a newer Nipype, reading a key no table lists."""
+
+    def __init__(self, plugin_args=None):
+        self.plugin_args = plugin_args or {}
+        self.burst = self.plugin_args.get("burst_limit", 1)
+
+
+def test_keys_of_a_newer_nipype_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys come from the installed Nipype's source, not from a copy of one version's."""
+    import nipype.pipeline.plugins as nipype_plugins
+
+    monkeypatch.setattr(nipype_plugins, "FuturePlugin", _FuturePlugin, raising=False)
+    plugin_keys.cache_clear()
+    try:
+        assert plugin_keys("Future") == {"burst_limit"}
+        assert validate_plugin_args("Future", {"burst_limit": 4}) == {"burst_limit": 4}
+        with pytest.raises(PluginError, match="Future: unknown key 'burst_limt'.*'burst_limit'"):
+            validate_plugin_args("Future", {"burst_limt": 4})
+    finally:
+        plugin_keys.cache_clear()

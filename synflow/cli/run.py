@@ -347,6 +347,7 @@ def _run_workflow(opts, todo, reference, ref_voxels, bids_dir, output_dir, work_
     """Build the graph and run it; returns the :class:`Progress` record."""
     from nipype import config as nconfig
 
+    from synflow.cli.plugins import plugin_environment
     from synflow.cli.progress import Progress
     from synflow.workflows.base import init_synflow_wf
 
@@ -378,7 +379,8 @@ def _run_workflow(opts, todo, reference, ref_voxels, bids_dir, output_dir, work_
     args["status_callback"] = progress
     progress.log(f"running {wf.name} ({plugin})")
     try:
-        wf.run(plugin=plugin, plugin_args=args)
+        with plugin_environment(plugin):
+            wf.run(plugin=plugin, plugin_args=args)
     except RuntimeError as exc:
         # Nipype raises after the whole graph ran when any node failed
         # ("Workflow did not execute cleanly"); the failures are collected from the
