@@ -120,3 +120,40 @@ def test_derivatives_wf_names(tmp_path):
     assert (fwd.from_, fwd.to, fwd.mode, fwd.suffix) == ("dwiref", "MNI152NLin2009aSym",
                                                           "image", "xfm")
     assert wf.get_node("ds_fwd_xfm").run_without_submitting
+
+
+def test_manifest_round_trip_and_staleness(tmp_path):
+    """The manifest counts only for the run that wrote it, and only while its files exist."""
+    from synflow.workflows.manifest import WriteManifest, manifest_path, read_manifest
+
+    data = tmp_path / "out" / "sub-01_desc-b0_dwiref.nii.gz"
+    fig = tmp_path / "out" / "sub-01_desc-brainmask_dwi.svg"
+    data.parent.mkdir()
+    data.write_bytes(b"x")
+    fig.write_text("<svg/>")
+    path = manifest_path(tmp_path / "manifests", "01", "sub-01_dwi")
+    assert path == tmp_path / "manifests" / "sub-01" / "sub-01_dwi.json"
+    assert read_manifest(path, "run1") is None  # missing
+    WriteManifest(manifest_file=str(path), run_id="run1", out_files=[str(data)],
+                  figures=[str(fig)], figure_descs=["brainmask"],
+                  qc={"cc_syn": 0.9}).run(cwd=str(tmp_path))
+    got = read_manifest(path, "run1")
+    assert got["outputs"] == [str(data)] and got["figures"] == {"brainmask": str(fig)}
+    assert got["qc"] == {"cc_syn": 0.9}
+    assert read_manifest(path, "run2") is None  # an earlier run's manifest
+    fig.unlink()
+    assert read_manifest(path, "run1") is None  # a listed output is gone
+    assert not list(path.parent.glob(".*partial*"))
+
+
+def test_every_series_ends_with_its_manifest(tmp_path):
+    from synflow.workflows.manifest import manifest_path
+
+    series = [DWISeries(str(tmp_path / "sub-01/dwi/sub-01_dwi.nii.gz"), "b")]
+    wf = init_synflow_wf({"01": series}, output_dir=str(tmp_path / "out"),
+                         manifest_dir=str(tmp_path / "m"), run_id="r1")
+    node = wf.get_node("sub_01_wf").get_node("ds_wf.ds_manifest")
+    assert node.inputs.manifest_file == str(manifest_path(tmp_path / "m", "01", "sub-01_dwi"))
+    assert node.inputs.run_id == "r1" and node.interface.always_run
+    assert "ds_manifest" not in init_dwi_derivatives_wf(
+        output_dir=str(tmp_path), space="x", source_file=series[0].dwi_file).list_node_names()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from nipype.interfaces import utility as niu
@@ -225,6 +226,8 @@ def init_dwi_derivatives_wf(
     metadata: Mapping[str, Any] | None = None,
     spatial_reference: str | None = None,
     reportlets: bool = True,
+    manifest_file: str | None = None,
+    run_id: str = "",
     name: str = "dwi_derivatives_wf",
 ) -> pe.Workflow:
     """Write one series' outputs as BIDS-Derivatives (names from ``source_file``'s entities).
@@ -258,6 +261,9 @@ def init_dwi_derivatives_wf(
     spatial_reference
         ``SpatialReference`` for outputs in the reference space (needed when ``space``
         is not a standard template identifier).
+    manifest_file, run_id
+        If given, a last node (``ds_manifest``) writes the series manifest there once every
+        sink has run, stamped with ``run_id`` (see :mod:`synflow.workflows.manifest`).
 
     Inputs (``inputnode``)
     ----------------------
@@ -334,6 +340,19 @@ def init_dwi_derivatives_wf(
                              name="ds_figures", run_without_submitting=True, mem_gb=0.05)
         workflow.connect([(inputnode, ds_figures, [("figures", "in_file"),
                                                    ("figure_descs", "desc")])])
+    if manifest_file:
+        from synflow.interfaces.bids import parse_entities, split_ext
+        from synflow.workflows.manifest import WriteManifest
+
+        manifest = pe.Node(WriteManifest(manifest_file=str(manifest_file), run_id=run_id,
+                                         participant=parse_entities(source_file)["sub"],
+                                         series=Path(split_ext(source_file)[0]).name),
+                           name="ds_manifest", run_without_submitting=True, mem_gb=0.05)
+        workflow.connect([(merge, manifest, [("out", "out_files")]),
+                          (inputnode, manifest, [("qc", "qc")])])
+        if reportlets:
+            workflow.connect([(ds_figures, manifest, [("out_file", "figures")]),
+                              (inputnode, manifest, [("figure_descs", "figure_descs")])])
     return workflow
 
 
