@@ -157,3 +157,46 @@ def test_every_series_ends_with_its_manifest(tmp_path):
     assert node.inputs.run_id == "r1" and node.interface.always_run
     assert "ds_manifest" not in init_dwi_derivatives_wf(
         output_dir=str(tmp_path), space="x", source_file=series[0].dwi_file).list_node_names()
+
+
+def _graph_examples(tmp: Path):
+    """One built workflow per ``init_*_wf`` (per kind for the reference): (factory, wf)."""
+    from synflow.data import get_template
+
+    dwi = tmp / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+    dwi.parent.mkdir(parents=True, exist_ok=True)
+    dwi.write_bytes(b"")  # the graph only: the files need to exist, not to be images
+    dwi.with_name("sub-01_dwi.bval").write_text("0\n")
+    src = str(dwi)
+    series = [DWISeries(src, src.replace(".nii.gz", ".bval"))]
+    template = str(get_template("b0"))
+    return [
+        (init_dwi_registration_wf, init_dwi_registration_wf()),
+        (init_dwi_derivatives_wf, init_dwi_derivatives_wf(
+            output_dir="/o", space="s", source_file=src, manifest_file="/w/m.json")),
+        (init_reference_wf, init_reference_wf(Reference())),
+        (init_reference_wf, init_reference_wf(Reference(kind="image", image=template))),
+        (init_reference_wf, init_reference_wf(Reference(
+            kind="participant", participant="01", dwi_file=src, bval_file=series[0].bval_file))),
+        (init_single_subject_wf, init_single_subject_wf(
+            "01", series, output_dir="/o", reference=Reference())),
+        (init_synflow_wf, init_synflow_wf({"01": series}, output_dir="/o")),
+    ]
+
+
+def test_docstrings_draw_the_built_graph(tmp_path):
+    """Each factory's docstring holds graph_text() of what it builds (paste it when it changes)."""
+    import inspect
+
+    from synflow.workflows.graph import graph_text
+
+    examples = _graph_examples(tmp_path)
+    for factory, wf in examples:
+        picture = graph_text(wf, indent="    ")
+        assert picture in inspect.getdoc(factory), (
+            f"{factory.__name__}'s docstring does not draw its graph; it should hold:\n"
+            f"{picture}")
+    every = {f.__name__ for f, _ in examples}
+    import synflow.workflows as wfs
+
+    assert every == {n for n in wfs.__all__ if n.startswith("init_")}

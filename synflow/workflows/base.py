@@ -88,6 +88,14 @@ def init_single_subject_wf(
     in one does not stop the others.  With ``manifest_dir``, each series ends by writing its
     manifest (:func:`~synflow.workflows.manifest.manifest_path`, stamped with ``run_id``).
 
+    Workflow graph for one series ``sub-01_dwi`` (``dwi_wf``: registration, ``ds_wf``:
+    derivatives; ``ses-1_run-2`` would give ``dwi_ses_1_run_2_wf``...)
+    (:func:`~synflow.workflows.graph.graph_text`, checked by a test)::
+
+        inputnode -> dwi_wf
+        dwi_wf -> ds_wf
+        ds_wf
+
     Inputs (``inputnode``)
     ----------------------
     reference, reference_mask
@@ -177,6 +185,12 @@ def init_synflow_wf(
 
     Returns a workflow without inputs or outputs (it reads the files named in
     ``participants`` and writes to ``output_dir``).
+
+    Workflow graph for one participant ``01`` (one ``sub_<label>_wf`` each)
+    (:func:`~synflow.workflows.graph.graph_text`, checked by a test)::
+
+        reference_wf -> sub_01_wf
+        sub_01_wf
     """
     reference = reference or Reference()
     workflow = pe.Workflow(name=name or workflow_name())

@@ -89,11 +89,23 @@ def init_dwi_registration_wf(
 ) -> pe.Workflow:
     """Register the mean b0 of one DWI series to a reference with affine + SyN.
 
-    Workflow graph::
+    Workflow graph, node -> the nodes it feeds
+    (:func:`~synflow.workflows.graph.graph_text`, checked by a test)::
 
-        dwi, bval -> ExtractB0 -> MedianOtsu -> AffinePrealign -> SyNRegistration
-                         |                                              |
-                         +-------------- ApplyRegistration <--- mapping-+-> reportlets
+        inputnode -> affine_prealign, extract_b0, reportlets, syn
+        extract_b0 -> b0_to_reference, median_otsu, outputnode, reportlets, syn_input
+        median_otsu -> affine_prealign, outputnode, reportlets, syn_input
+        affine_prealign -> outputnode, reportlets, syn
+        syn_input -> syn
+        syn -> b0_to_reference, outputnode, reportlets
+        b0_to_reference -> outputnode
+        reportlets -> outputnode
+        outputnode
+
+    (``extract_b0``: ExtractB0, ``median_otsu``: MedianOtsu, ``syn_input``: ApplyMask with
+    the grown mask, ``affine_prealign``: AffinePrealign, ``syn``: SyNRegistration,
+    ``b0_to_reference``: ApplyRegistration, ``reportlets``: RegistrationReportlets, only
+    with ``reportlets=True``.)
 
     Parameters
     ----------
@@ -245,6 +257,23 @@ def init_dwi_derivatives_wf(
     each with a JSON sidecar (``Sources`` as BIDS URIs, every parameter, software
     versions, QC numbers for the registration outputs), and the figures in
     ``<output_dir>/sub-X/figures/<p>_desc-<figure>_dwi.svg``.
+
+    Workflow graph, with ``reportlets`` and ``manifest_file``
+    (:func:`~synflow.workflows.graph.graph_text`, checked by a test)::
+
+        inputnode -> ds_affine_xfm, ds_b0, ds_b0_ref, ds_dipy_xfm, ds_figures, ds_fwd_xfm,
+                     ds_inv_xfm, ds_manifest, ds_mask
+        ds_affine_xfm -> merge_outputs
+        ds_b0 -> merge_outputs
+        ds_b0_ref -> merge_outputs
+        ds_dipy_xfm -> merge_outputs
+        ds_figures -> ds_manifest
+        ds_fwd_xfm -> merge_outputs
+        ds_inv_xfm -> merge_outputs
+        ds_mask -> merge_outputs
+        merge_outputs -> ds_manifest, outputnode
+        ds_manifest
+        outputnode
 
     Parameters
     ----------
