@@ -133,7 +133,7 @@ def _make_dir(path: Path, what: str) -> None:
                            ExitCode.CANT_CREATE) from exc
 
 
-def check_reference(opts: Namespace):
+def check_reference(opts: Namespace) -> tuple[Reference, int]:
     """The reference (template / image / participant placeholder) and its grid size."""
     import nibabel as nib
     import numpy as np
@@ -295,7 +295,8 @@ def _execute(ctx: RunContext, todo: Todo, outcomes: list) -> int:
     return code
 
 
-def _participant_reference(opts, layout, bids_dir: Path, check_series):
+def _participant_reference(opts: Namespace, layout: Any, bids_dir: Path,
+                           check_series: Any) -> tuple[Reference, int]:
     """The ``--reference-participant``'s first DWI series (raise if unusable: all depend)."""
     import numpy as np
 
@@ -331,7 +332,8 @@ def _participant_reference(opts, layout, bids_dir: Path, check_series):
     return ref, int(np.prod(shape[:3]))
 
 
-def _omp_nthreads(opts, plugin: str, plugin_args: dict, n_series: int) -> int:
+def _omp_nthreads(opts: Namespace, plugin: str, plugin_args: Mapping[str, Any],
+                  n_series: int) -> int:
     """Threads per engine step: ``--omp-nthreads``, else share ``n_procs`` among series.
 
     Processes scale better than threads here (NumPy slabs, Python between kernels), so
