@@ -23,17 +23,20 @@ from synflow.cli.plugins import PluginError, plugin_environment, resolve_plugin
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def on_slurm(
+    slurm_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch, no_container: None
+) -> None:
+    """This process talks to the local cluster; its batch jobs import this checkout."""
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
+    # The batch jobs re-run this interpreter; they must import synflow from this checkout.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), *sys.path])))
+
+
 @pytest.mark.slurm
 def test_slurm_plugin_runs_nodes_as_sbatch_jobs(
-    slurm_cluster: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    no_container: None,
-    two_node_workflow,
+    on_slurm: None, tmp_path: Path, two_node_workflow
 ) -> None:
-    monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
-    # The batch jobs re-run this interpreter; they must import this test module's functions.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), *sys.path])))
     name, args = resolve_plugin(
         "slurm", '{"sbatch_args": "--mem=256M --time=5", "retry_timeout": 1, "max_tries": 5}'
     )
@@ -52,19 +55,13 @@ def test_slurm_plugin_runs_nodes_as_sbatch_jobs(
 
 @pytest.mark.slurm
 def test_slurmgraph_submits_dependent_jobs(
-    slurm_cluster: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    no_container: None,
-    two_node_workflow,
+    on_slurm: None, tmp_path: Path, two_node_workflow
 ) -> None:
     """SLURMGraph submits the graph with afterok dependencies and returns at once."""
     from nipype.utils.filemanip import loadpkl
 
     from synflow.cli.plugins import plugin_blocks
 
-    monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), *sys.path])))
     name, args = resolve_plugin("SLURMGraph", '{"sbatch_args": "--mem=256M --time=5"}')
     assert not plugin_blocks(name, args)
     wf = two_node_workflow(tmp_path, 7)
@@ -90,17 +87,8 @@ def test_slurmgraph_submits_dependent_jobs(
     ],
 )
 def test_slurm_rejected_sbatch_args_fail_before_work(
-    slurm_cluster: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    sbatch_args: str,
-    message: str,
+    on_slurm: None, sbatch_args: str, message: str
 ) -> None:
     """Nipype itself would die with a bare IndexError at the first submission."""
-    monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
     with pytest.raises(PluginError, match=f"SLURM would reject the jobs.*{message}"):
         resolve_plugin("SLURM", json.dumps({"sbatch_args": sbatch_args}))
-
-
-# --------------------------------------------------------------------------------------------
-# the synflow command
-
