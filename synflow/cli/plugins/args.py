@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from synflow.cli.plugins.keys import plugin_keys
+from synflow.cli.plugins.keys import plugin_keys, plugin_source
 from synflow.cli.plugins.table import VALUE_CHECKS, PluginError, nipype_plugin_class
 
 __all__ = ["load_plugin_file", "parse_plugin_args", "validate_plugin_args"]
@@ -153,8 +153,8 @@ def validate_plugin_args(plugin: str, args: Mapping[str, Any]) -> dict[str, Any]
     template files that do not exist and ``jobid_re`` patterns that do not compile.
     """
     args = dict(args)
-    if nipype_plugin_class(plugin) is None:  # nothing to check against: pass through
-        return args
+    if nipype_plugin_class(plugin) is None or not plugin_source(plugin):
+        return args  # nothing to check against (no such class, or no source shipped)
     if "status_callback" in args:
         raise PluginError(
             f"--plugin-args for {plugin}: 'status_callback' needs a Python "
