@@ -347,7 +347,8 @@ def test_outputs_of_an_earlier_run_are_not_this_runs_success(tmp_path):
     """A series none of whose nodes ran in this run is 'not run', even if old files exist."""
     from types import SimpleNamespace
 
-    from synflow.cli.run import _collect
+    from synflow.cli.collect import collect
+    from synflow.cli.context import RunContext
     from synflow.interfaces.bids import build_derivative_name
     from synflow.workflows import DWISeries, Reference
 
@@ -359,7 +360,9 @@ def test_outputs_of_an_earlier_run_are_not_this_runs_success(tmp_path):
     old.write_bytes(b"from an earlier run")
     progress = SimpleNamespace(nodes={}, locate=lambda name: None)
     todo = {"01": [DWISeries(dwi_file=str(dwi), bval_file=str(dwi).replace(".nii.gz", ".bval"))]}
-    (outcome,) = _collect(todo, progress, out, "run1", Reference(), SimpleNamespace())
+    ctx = RunContext(opts=SimpleNamespace(), bids_dir=tmp_path / "bids", output_dir=out,
+                     work_dir=tmp_path / "work", run_uuid="run1", reference=Reference())
+    (outcome,) = collect(ctx, todo, progress)
     assert outcome.status == "not run" and outcome.code == ExitCode.FAILURE
 
 
@@ -376,3 +379,34 @@ def test_same_series_as_nii_and_nii_gz_is_a_data_error(tmp_path):
     assert not sel.participants["01"]
     assert {p.code for p in sel.problems} == {ExitCode.DATA_ERROR}
     assert len(sel.problems) == 2 and "the same series exists as" in sel.problems[0].message
+
+
+def test_finished_nodes_without_this_runs_manifest_are_not_ok(tmp_path):
+    """Every node ended, but the workflow's manifest is missing or an earlier run's."""
+    from types import SimpleNamespace
+
+    from synflow.cli.collect import collect
+    from synflow.cli.context import RunContext
+    from synflow.cli.progress import NodeRecord
+    from synflow.workflows import DWISeries, Reference
+    from synflow.workflows.manifest import manifest_path
+
+    dwi = tmp_path / "bids" / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+    item = DWISeries(dwi_file=str(dwi), bval_file=str(dwi).replace(".nii.gz", ".bval"))
+    rec = NodeRecord("wf.sub_01_wf.dwi_wf.syn", "syn", start=1.0, end=2.0)
+    progress = SimpleNamespace(nodes={rec.fullname: rec}, locate=lambda name: ("01", item.name))
+    ctx = RunContext(opts=SimpleNamespace(), bids_dir=tmp_path / "bids",
+                     output_dir=tmp_path / "out", work_dir=tmp_path / "work", run_uuid="run2",
+                     reference=Reference())
+    (outcome,) = collect(ctx, {"01": [item]}, progress)
+    assert outcome.status == "not run"
+    out_file = tmp_path / "out" / "x.nii.gz"
+    out_file.parent.mkdir()
+    out_file.write_bytes(b"x")
+    path = manifest_path(ctx.manifest_dir, "01", item.name)
+    path.parent.mkdir(parents=True)
+    for run, status in (("run1", "not run"), ("run2", "ok")):
+        path.write_text(json.dumps({"run": run, "outputs": [str(out_file)], "qc": {"a": 1}}))
+        (outcome,) = collect(ctx, {"01": [item]}, progress)
+        assert outcome.status == status, run
+    assert outcome.qc == {"a": 1}

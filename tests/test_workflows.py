@@ -120,3 +120,83 @@ def test_derivatives_wf_names(tmp_path):
     assert (fwd.from_, fwd.to, fwd.mode, fwd.suffix) == ("dwiref", "MNI152NLin2009aSym",
                                                           "image", "xfm")
     assert wf.get_node("ds_fwd_xfm").run_without_submitting
+
+
+def test_manifest_round_trip_and_staleness(tmp_path):
+    """The manifest counts only for the run that wrote it, and only while its files exist."""
+    from synflow.workflows.manifest import WriteManifest, manifest_path, read_manifest
+
+    data = tmp_path / "out" / "sub-01_desc-b0_dwiref.nii.gz"
+    fig = tmp_path / "out" / "sub-01_desc-brainmask_dwi.svg"
+    data.parent.mkdir()
+    data.write_bytes(b"x")
+    fig.write_text("<svg/>")
+    path = manifest_path(tmp_path / "manifests", "01", "sub-01_dwi")
+    assert path == tmp_path / "manifests" / "sub-01" / "sub-01_dwi.json"
+    assert read_manifest(path, "run1") is None  # missing
+    WriteManifest(manifest_file=str(path), run_id="run1", out_files=[str(data)],
+                  figures=[str(fig)], figure_descs=["brainmask"],
+                  qc={"cc_syn": 0.9}).run(cwd=str(tmp_path))
+    got = read_manifest(path, "run1")
+    assert got["outputs"] == [str(data)] and got["figures"] == {"brainmask": str(fig)}
+    assert got["qc"] == {"cc_syn": 0.9}
+    assert read_manifest(path, "run2") is None  # an earlier run's manifest
+    fig.unlink()
+    assert read_manifest(path, "run1") is None  # a listed output is gone
+    assert not list(path.parent.glob(".*partial*"))
+
+
+def test_every_series_ends_with_its_manifest(tmp_path):
+    from synflow.workflows.manifest import manifest_path
+
+    series = [DWISeries(str(tmp_path / "sub-01/dwi/sub-01_dwi.nii.gz"), "b")]
+    wf = init_synflow_wf({"01": series}, output_dir=str(tmp_path / "out"),
+                         manifest_dir=str(tmp_path / "m"), run_id="r1")
+    node = wf.get_node("sub_01_wf").get_node("ds_wf.ds_manifest")
+    assert node.inputs.manifest_file == str(manifest_path(tmp_path / "m", "01", "sub-01_dwi"))
+    assert node.inputs.run_id == "r1" and node.interface.always_run
+    assert "ds_manifest" not in init_dwi_derivatives_wf(
+        output_dir=str(tmp_path), space="x", source_file=series[0].dwi_file).list_node_names()
+
+
+def _graph_examples(tmp: Path):
+    """One built workflow per ``init_*_wf`` (per kind for the reference): (factory, wf)."""
+    from synflow.data import get_template
+
+    dwi = tmp / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+    dwi.parent.mkdir(parents=True, exist_ok=True)
+    dwi.write_bytes(b"")  # the graph only: the files need to exist, not to be images
+    dwi.with_name("sub-01_dwi.bval").write_text("0\n")
+    src = str(dwi)
+    series = [DWISeries(src, src.replace(".nii.gz", ".bval"))]
+    template = str(get_template("b0"))
+    return [
+        (init_dwi_registration_wf, init_dwi_registration_wf()),
+        (init_dwi_derivatives_wf, init_dwi_derivatives_wf(
+            output_dir="/o", space="s", source_file=src, manifest_file="/w/m.json")),
+        (init_reference_wf, init_reference_wf(Reference())),
+        (init_reference_wf, init_reference_wf(Reference(kind="image", image=template))),
+        (init_reference_wf, init_reference_wf(Reference(
+            kind="participant", participant="01", dwi_file=src, bval_file=series[0].bval_file))),
+        (init_single_subject_wf, init_single_subject_wf(
+            "01", series, output_dir="/o", reference=Reference())),
+        (init_synflow_wf, init_synflow_wf({"01": series}, output_dir="/o")),
+    ]
+
+
+def test_docstrings_draw_the_built_graph(tmp_path):
+    """Each factory's docstring holds graph_text() of what it builds (paste it when it changes)."""
+    import inspect
+
+    from synflow.workflows.graph import graph_text
+
+    examples = _graph_examples(tmp_path)
+    for factory, wf in examples:
+        picture = graph_text(wf, indent="    ")
+        assert picture in inspect.getdoc(factory), (
+            f"{factory.__name__}'s docstring does not draw its graph; it should hold:\n"
+            f"{picture}")
+    every = {f.__name__ for f, _ in examples}
+    import synflow.workflows as wfs
+
+    assert every == {n for n in wfs.__all__ if n.startswith("init_")}

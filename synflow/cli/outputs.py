@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import synflow
+from synflow._atomic import atomic_path
 from synflow.interfaces.bids import write_json_atomic
 
 CODE_URL = "https://github.com/synflow/synflow"
@@ -66,9 +67,8 @@ def write_bidsignore(output_dir: Path) -> Path:
     for entry in BIDSIGNORE:
         if entry not in lines:
             lines.append(entry)
-    tmp = path.with_name(".bidsignore.partial")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return path
 
 

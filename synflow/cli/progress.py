@@ -67,6 +67,24 @@ class SeriesOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     crash_file: str | None = None
     cached: bool = False  #: every step was reused from the work directory
+    #: report figure entries (``title``, ``path``, ``caption``, ``kind``) from the manifest
+    figures: list[dict[str, str]] = field(default_factory=list)
+
+    def report_entry(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The record ``synflow.interfaces.reports.write_report`` takes for this series."""
+        error = None
+        if self.status != "ok":
+            error = self.error or "failed"
+            if self.failed_step:
+                error = f"step '{self.failed_step}': {error}"
+            if self.crash_file:
+                error += f"\n\ncrash file: {self.crash_file}"
+            if self.traceback:
+                error += f"\n\n{self.traceback}"
+        return {"name": self.series if self.series != "-" else "(no DWI series)",
+                "status": "ok" if self.status == "ok" else "failed", "error": error,
+                "figures": list(self.figures), "qc": self.qc, "parameters": dict(parameters),
+                "timings": self.timings}
 
 
 class Progress:

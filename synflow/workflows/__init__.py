@@ -6,6 +6,9 @@
 * :func:`init_reference_wf` -- prepare the reference (template, image or participant);
 * :func:`init_single_subject_wf` -- every series of one participant;
 * :func:`init_synflow_wf` -- the whole participant level (``synflow_0_1_wf``).
+
+:mod:`~synflow.workflows.manifest` -- the per-series manifest the workflow writes last and
+the CLI reads; :mod:`~synflow.workflows.graph` -- the graph drawing in the docstrings.
 """
 
 from synflow.workflows.base import (

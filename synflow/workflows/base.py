@@ -21,6 +21,7 @@ from synflow.workflows.dwi import (
     init_dwi_registration_wf,
     syn_settings,
 )
+from synflow.workflows.manifest import manifest_path
 from synflow.workflows.reference import Reference, init_reference_wf
 
 
@@ -75,6 +76,8 @@ def init_single_subject_wf(
     ref_voxels: int = TEMPLATE_VOXELS,
     reportlets: bool = True,
     mask_dilation_mm: float = DEFAULT_MASK_DILATION_MM,
+    manifest_dir: str | None = None,
+    run_id: str = "",
     name: str | None = None,
 ) -> pe.Workflow:
     """Process every DWI series of one participant (registration + derivatives).
@@ -82,7 +85,16 @@ def init_single_subject_wf(
     One :func:`~synflow.workflows.dwi.init_dwi_registration_wf` and one
     :func:`~synflow.workflows.dwi.init_dwi_derivatives_wf` per series, named after the
     series (``dwi_<entities>_wf``), so series run in parallel under MultiProc and a crash
-    in one does not stop the others.
+    in one does not stop the others.  With ``manifest_dir``, each series ends by writing its
+    manifest (:func:`~synflow.workflows.manifest.manifest_path`, stamped with ``run_id``).
+
+    Workflow graph for one series ``sub-01_dwi`` (``dwi_wf``: registration, ``ds_wf``:
+    derivatives; ``ses-1_run-2`` would give ``dwi_ses_1_run_2_wf``...)
+    (:func:`~synflow.workflows.graph.graph_text`, checked by a test)::
+
+        inputnode -> dwi_wf
+        dwi_wf -> ds_wf
+        ds_wf
 
     Inputs (``inputnode``)
     ----------------------
@@ -115,6 +127,8 @@ def init_single_subject_wf(
             output_dir=str(output_dir), space=reference.space, source_file=item.dwi_file,
             sources=sources, metadata=metadata,
             spatial_reference=reference.spatial_reference, reportlets=reportlets,
+            manifest_file=(str(manifest_path(manifest_dir, subject, item.name))
+                           if manifest_dir else None), run_id=run_id,
             name=item.wf_name.replace("dwi_", "ds_", 1))
         workflow.connect([
             (inputnode, reg_wf, [("reference", "inputnode.reference"),
@@ -140,6 +154,8 @@ def init_synflow_wf(
     reportlets: bool = True,
     mask_dilation_mm: float = DEFAULT_MASK_DILATION_MM,
     crashdump_dirs: Mapping[str, str] | None = None,
+    manifest_dir: str | None = None,
+    run_id: str = "",
     name: str | None = None,
 ) -> pe.Workflow:
     """The whole participant-level pipeline: one reference, every participant's series.
@@ -161,11 +177,20 @@ def init_synflow_wf(
     crashdump_dirs
         ``{label: folder}`` for each participant's Nipype crash files
         (``<out>/sub-X/log/<run_uuid>``, as fMRIPrep).
+    manifest_dir, run_id
+        Where each series writes its manifest, and the run id stamped in it
+        (:mod:`synflow.workflows.manifest`); None: no manifests.
     name
         Defaults to :func:`workflow_name` (``synflow_0_1_wf``).
 
     Returns a workflow without inputs or outputs (it reads the files named in
     ``participants`` and writes to ``output_dir``).
+
+    Workflow graph for one participant ``01`` (one ``sub_<label>_wf`` each)
+    (:func:`~synflow.workflows.graph.graph_text`, checked by a test)::
+
+        reference_wf -> sub_01_wf
+        sub_01_wf
     """
     reference = reference or Reference()
     workflow = pe.Workflow(name=name or workflow_name())
@@ -177,7 +202,8 @@ def init_synflow_wf(
         sub_wf = init_single_subject_wf(
             label, series, output_dir=output_dir, reference=reference, bids_dir=bids_dir,
             b0_threshold=b0_threshold, syn=syn, omp_nthreads=omp_nthreads,
-            ref_voxels=ref_voxels, reportlets=reportlets, mask_dilation_mm=mask_dilation_mm)
+            ref_voxels=ref_voxels, reportlets=reportlets, mask_dilation_mm=mask_dilation_mm,
+            manifest_dir=manifest_dir, run_id=run_id)
         if crashdump_dirs and label in crashdump_dirs:
             # Nipype 1.11 does not pass a sub-workflow's config down to its nodes (only
             # the top workflow's), so each node of the participant gets its crash folder

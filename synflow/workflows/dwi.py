@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from nipype.interfaces import utility as niu
@@ -88,11 +89,23 @@ def init_dwi_registration_wf(
 ) -> pe.Workflow:
     """Register the mean b0 of one DWI series to a reference with affine + SyN.
 
-    Workflow graph::
+    Workflow graph, node -> the nodes it feeds
+    (:func:`~synflow.workflows.graph.graph_text`, checked by a test)::
 
-        dwi, bval -> ExtractB0 -> MedianOtsu -> AffinePrealign -> SyNRegistration
-                         |                                              |
-                         +-------------- ApplyRegistration <--- mapping-+-> reportlets
+        inputnode -> affine_prealign, extract_b0, reportlets, syn
+        extract_b0 -> b0_to_reference, median_otsu, outputnode, reportlets, syn_input
+        median_otsu -> affine_prealign, outputnode, reportlets, syn_input
+        affine_prealign -> outputnode, reportlets, syn
+        syn_input -> syn
+        syn -> b0_to_reference, outputnode, reportlets
+        b0_to_reference -> outputnode
+        reportlets -> outputnode
+        outputnode
+
+    (``extract_b0``: ExtractB0, ``median_otsu``: MedianOtsu, ``syn_input``: ApplyMask with
+    the grown mask, ``affine_prealign``: AffinePrealign, ``syn``: SyNRegistration,
+    ``b0_to_reference``: ApplyRegistration, ``reportlets``: RegistrationReportlets, only
+    with ``reportlets=True``.)
 
     Parameters
     ----------
@@ -225,6 +238,8 @@ def init_dwi_derivatives_wf(
     metadata: Mapping[str, Any] | None = None,
     spatial_reference: str | None = None,
     reportlets: bool = True,
+    manifest_file: str | None = None,
+    run_id: str = "",
     name: str = "dwi_derivatives_wf",
 ) -> pe.Workflow:
     """Write one series' outputs as BIDS-Derivatives (names from ``source_file``'s entities).
@@ -243,6 +258,23 @@ def init_dwi_derivatives_wf(
     versions, QC numbers for the registration outputs), and the figures in
     ``<output_dir>/sub-X/figures/<p>_desc-<figure>_dwi.svg``.
 
+    Workflow graph, with ``reportlets`` and ``manifest_file``
+    (:func:`~synflow.workflows.graph.graph_text`, checked by a test)::
+
+        inputnode -> ds_affine_xfm, ds_b0, ds_b0_ref, ds_dipy_xfm, ds_figures, ds_fwd_xfm,
+                     ds_inv_xfm, ds_manifest, ds_mask
+        ds_affine_xfm -> merge_outputs
+        ds_b0 -> merge_outputs
+        ds_b0_ref -> merge_outputs
+        ds_dipy_xfm -> merge_outputs
+        ds_figures -> ds_manifest
+        ds_fwd_xfm -> merge_outputs
+        ds_inv_xfm -> merge_outputs
+        ds_mask -> merge_outputs
+        merge_outputs -> ds_manifest, outputnode
+        ds_manifest
+        outputnode
+
     Parameters
     ----------
     output_dir
@@ -258,6 +290,9 @@ def init_dwi_derivatives_wf(
     spatial_reference
         ``SpatialReference`` for outputs in the reference space (needed when ``space``
         is not a standard template identifier).
+    manifest_file, run_id
+        If given, a last node (``ds_manifest``) writes the series manifest there once every
+        sink has run, stamped with ``run_id`` (see :mod:`synflow.workflows.manifest`).
 
     Inputs (``inputnode``)
     ----------------------
@@ -334,6 +369,19 @@ def init_dwi_derivatives_wf(
                              name="ds_figures", run_without_submitting=True, mem_gb=0.05)
         workflow.connect([(inputnode, ds_figures, [("figures", "in_file"),
                                                    ("figure_descs", "desc")])])
+    if manifest_file:
+        from synflow.interfaces.bids import parse_entities, split_ext
+        from synflow.workflows.manifest import WriteManifest
+
+        manifest = pe.Node(WriteManifest(manifest_file=str(manifest_file), run_id=run_id,
+                                         participant=parse_entities(source_file)["sub"],
+                                         series=Path(split_ext(source_file)[0]).name),
+                           name="ds_manifest", run_without_submitting=True, mem_gb=0.05)
+        workflow.connect([(merge, manifest, [("out", "out_files")]),
+                          (inputnode, manifest, [("qc", "qc")])])
+        if reportlets:
+            workflow.connect([(ds_figures, manifest, [("out_file", "figures")]),
+                              (inputnode, manifest, [("figure_descs", "figure_descs")])])
     return workflow
 
 

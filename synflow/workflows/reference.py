@@ -74,6 +74,25 @@ def init_reference_wf(reference: Reference, *, omp_nthreads: int = 1,
     * image: the given image and median-Otsu's mask of it (or its ``mask`` if one is given);
     * participant: mean b0 of that participant's series (``ExtractB0``), median-Otsu.
 
+    Workflow graphs (:func:`~synflow.workflows.graph.graph_text`, checked by a test);
+    template (and image with a ``mask``)::
+
+        apply_mask -> outputnode
+        outputnode
+
+    image::
+
+        median_otsu -> apply_mask, outputnode
+        apply_mask -> outputnode
+        outputnode
+
+    participant::
+
+        extract_b0 -> apply_mask, median_otsu
+        median_otsu -> apply_mask, outputnode
+        apply_mask -> outputnode
+        outputnode
+
     The image is then masked by the brain mask grown by ``mask_dilation_mm`` (0 = exactly
     skull-stripped, as in DIPY's tutorial).  The b0s get the same treatment in
     :func:`~synflow.workflows.dwi.init_dwi_registration_wf`: use the same value there.
