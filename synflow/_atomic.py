@@ -15,7 +15,13 @@ __all__ = ["atomic_path", "split_ext"]
 
 
 def split_ext(fname: str | os.PathLike) -> tuple[str, str]:
-    """``("dir/sub-01_dwi", ".nii.gz")`` for ``"dir/sub-01_dwi.nii.gz"`` (keeps ``.nii.gz``)."""
+    """``os.path.splitext`` that keeps double extensions: ``("dir/sub-01_dwi", ".nii.gz")``.
+
+    The one ``split_ext`` in synflow (``synflow.io.image`` and ``synflow.interfaces.bids``
+    re-export it).  The root keeps the directory part, as ``os.path.splitext``; pass
+    ``Path(fname).name`` for the bare stem.  ``.nii.gz`` and ``.tar.gz`` are matched
+    case-insensitively and returned as spelled in ``fname``.
+    """
     name = os.fspath(fname)
     low = name.lower()
     for ext in (".nii.gz", ".tar.gz"):

@@ -23,7 +23,7 @@ from synflow.interfaces.bids import split_ext
 
 def out_name(in_file: str, suffix: str, newpath: str, ext: str = ".nii.gz") -> str:
     """``<newpath>/<stem of in_file><suffix><ext>`` (``.nii.gz``-aware ``fname_presuffix``)."""
-    return str(Path(newpath) / f"{split_ext(in_file)[0]}{suffix}{ext}")
+    return str(Path(newpath) / f"{split_ext(Path(in_file).name)[0]}{suffix}{ext}")
 
 
 def _volume(img: nib.spatialimages.SpatialImage) -> np.ndarray:
