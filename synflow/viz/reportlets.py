@@ -37,6 +37,9 @@ from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from synflow._atomic import atomic_path
+from synflow.segment.mask import bounding_box
+
 __all__ = [
     "compose_flicker_svg",
     "cuts_from_bbox",
@@ -95,9 +98,14 @@ def _reorient(
 
 
 def _bbox(mask: np.ndarray | None, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` voxel indices of the non-zero voxels of ``mask``, ``hi`` *inclusive*.
+
+    :func:`synflow.segment.mask.bounding_box` (DIPY's, exclusive ``maxs``) minus one at the
+    top; the whole grid of ``shape`` if ``mask`` is None or empty.
+    """
     if mask is not None and np.any(mask):
-        idx = np.nonzero(mask)
-        return np.array([i.min() for i in idx]), np.array([i.max() for i in idx])
+        mins, maxs = bounding_box(mask)
+        return np.array(mins), np.array(maxs) - 1
     return np.zeros(3, dtype=int), np.array(shape[:3]) - 1
 
 
@@ -301,14 +309,13 @@ def _out_path(out: PathLike, allowed: tuple[str, ...] = (".svg", ".png")) -> Pat
 
 
 def _save(fig: Figure, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Render ``fig`` to ``out`` (``.svg``, or ``.png`` at 150 dpi) atomically."""
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in ("svg", "png"):
         raise ValueError(f"out must end in .svg or .png, got {out.name!r}")
-    tmp = out.with_name(f".{out.name}.tmp")
     kw: dict[str, Any] = {"dpi": 150} if fmt == "png" else {}
-    fig.savefig(tmp, format=fmt, facecolor=fig.get_facecolor(), **kw)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=fmt, facecolor=fig.get_facecolor(), **kw)
     return out
 
 
@@ -395,10 +402,9 @@ def compose_flicker_svg(background: Figure, foreground: Figure, prefix: str = "f
 
 
 def _write_text(out: Path, text: str) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    """Write ``text`` (UTF-8) to ``out`` atomically."""
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return out
 
 
