@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "split_ext"]
+__all__ = ["atomic_path", "atomic_write_text", "split_ext"]
 
 
 def split_ext(fname: str | os.PathLike) -> tuple[str, str]:
@@ -74,3 +74,13 @@ def atomic_path(fname: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(fname: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``fname`` through :func:`atomic_path` (flushed and fsync-ed first)."""
+    with atomic_path(fname) as tmp:
+        with open(tmp, "w", encoding=encoding) as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(fname)

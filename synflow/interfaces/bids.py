@@ -38,7 +38,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from synflow._atomic import atomic_path, split_ext
+from synflow._atomic import atomic_path, atomic_write_text, split_ext
 
 #: Entity order of the raw BIDS file name (subset relevant to DWI), then derivative
 #: entities in the order nipreps' ``nipreps.json`` patterns use.
@@ -131,9 +131,8 @@ atomic_write = atomic_path
 
 def write_json_atomic(fname: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """Write ``data`` as indented JSON, atomically."""
-    with atomic_write(fname) as tmp:
-        tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
-    return Path(fname)
+    return atomic_write_text(fname, json.dumps(to_jsonable(data), indent=2, sort_keys=False)
+                             + "\n")
 
 
 def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -26,7 +26,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from synflow._atomic import atomic_path
+from synflow._atomic import atomic_path, atomic_write_text
 from synflow.interfaces.dwi import out_name, save_like
 from synflow.io.image import atomic_write_nifti, load_nifti, load_volume
 
@@ -208,8 +208,7 @@ class SyNRegistration(SimpleInterface):
             mask = _mask_or_none(self.inputs.reference_mask)
             qc.update(registration_qc(mapping, static, moving, static_aff, moving_aff,
                                       prealign, warped, unaligned, mask))
-        with atomic_path(out["out_qc"]) as tmp:
-            tmp.write_text(json.dumps({"qc": qc, "parameters": params}, indent=2))
+        atomic_write_text(out["out_qc"], json.dumps({"qc": qc, "parameters": params}, indent=2))
         self._results.update(out, qc=qc, parameters=params, elapsed=elapsed,
                              dipy_meta=dipy_read_mapping_meta(mapping))
         return runtime

@@ -37,7 +37,7 @@ from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from synflow._atomic import atomic_path
+from synflow._atomic import atomic_path, atomic_write_text
 from synflow.segment.mask import bounding_box
 
 __all__ = [
@@ -401,13 +401,6 @@ def compose_flicker_svg(background: Figure, foreground: Figure, prefix: str = "f
     )
 
 
-def _write_text(out: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``out`` atomically."""
-    with atomic_path(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return out
-
-
 def _prefix_from(out: Path) -> str:
     return "s" + re.sub(r"[^A-Za-z0-9]", "", out.stem)[-24:] + "-"
 
@@ -475,7 +468,7 @@ def _flicker_pair(
                          f"{base}{back_label}", crop, segs)
     fig_f = _gray_mosaic(fr, _robust_limits(fr, mr), br.shape, zooms, cuts, affn,
                          f"{base}{front_label}", crop, segs)
-    return _write_text(out, compose_flicker_svg(fig_b, fig_f, _prefix_from(out)))
+    return atomic_write_text(out, compose_flicker_svg(fig_b, fig_f, _prefix_from(out)))
 
 
 def plot_registration(
