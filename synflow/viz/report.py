@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write_text
-from .reportlets import prefix_svg_ids
+from .flicker import prefix_svg_ids
 
 __all__ = ["QC_DESCRIPTIONS", "write_participant_report"]
 
