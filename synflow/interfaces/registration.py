@@ -27,6 +27,7 @@ from nipype.interfaces.base import (
 )
 
 from synflow._atomic import atomic_path, atomic_write_text
+from synflow.align.affine_checks import check_affine
 from synflow.interfaces.dwi import out_name, save_like
 from synflow.io.image import atomic_write_nifti, load_nifti, load_volume
 
@@ -43,12 +44,17 @@ def _mask_or_none(fname) -> np.ndarray | None:
     return load_volume(fname)[0] > 0
 
 
-class _AffinePrealignInputSpec(BaseInterfaceInputSpec):
+class _PairInputSpec(BaseInterfaceInputSpec):
+    """Inputs every registration of a moving image to a reference takes."""
+
     reference_file = File(exists=True, mandatory=True, desc="reference (static) image")
     moving_file = File(exists=True, mandatory=True, desc="moving image (the subject's b0)")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="engine threads")
+
+
+class _AffinePrealignInputSpec(_PairInputSpec):
     reference_mask = File(exists=True, desc="brain mask on the reference grid")
     moving_mask = File(exists=True, desc="brain mask on the moving grid")
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="engine threads")
 
 
 class _AffinePrealignOutputSpec(TraitedSpec):
@@ -81,10 +87,11 @@ class AffinePrealign(SimpleInterface):
         prealign = estimate_prealign(static, moving, static_aff, moving_aff,
                                      static_mask=_mask_or_none(self.inputs.reference_mask),
                                      moving_mask=_mask_or_none(self.inputs.moving_mask))
-        prealign = np.asarray(prealign, dtype=np.float64)
-        if prealign.shape != (4, 4) or not np.all(np.isfinite(prealign)):
+        try:
+            prealign = check_affine(prealign, "prealign", invertible=False)
+        except ValueError as exc:
             raise ValueError(f"affine pre-alignment of {self.inputs.moving_file} failed "
-                             "(non-finite matrix)")
+                             f"({exc})") from exc
         warped = AffineMap(prealign, static.shape, static_aff, moving.shape,
                            moving_aff).transform(moving)
         out_matrix = str(Path(runtime.cwd) / "prealign.txt")
@@ -99,9 +106,7 @@ class AffinePrealign(SimpleInterface):
         return runtime
 
 
-class _SyNInputSpec(BaseInterfaceInputSpec):
-    reference_file = File(exists=True, mandatory=True, desc="reference (static) image")
-    moving_file = File(exists=True, mandatory=True, desc="moving image (the subject's b0)")
+class _SyNInputSpec(_PairInputSpec):
     prealign_file = File(exists=True, desc="4x4 prealign as text (AffinePrealign.out_matrix);"
                                            " identity if not given")
     reference_mask = File(exists=True, desc="brain mask on the reference grid (QC numbers)")
@@ -116,7 +121,6 @@ class _SyNInputSpec(BaseInterfaceInputSpec):
     inv_tol = traits.Float(1e-3, usedefault=True, desc="inversion tolerance")
     compute_qc = traits.Bool(True, usedefault=True,
                              desc="compute local CC / Jacobian / inverse-consistency numbers")
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="engine threads")
 
 
 class _SyNOutputSpec(TraitedSpec):

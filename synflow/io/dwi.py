@@ -14,6 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from synflow.align.affine_checks import check_affine
+
 from .gradients import read_bvals_bvecs
 from .image import NiftiError, _open_nifti, atomic_write_nifti, nifti_like
 
@@ -139,9 +141,7 @@ def mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.nd
 def _mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.ndarray,
              b0_threshold: float, align: bool, data_name: str,
              bval_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    affine = check_affine(affine, "affine", invertible=False)
     shape = tuple(data.shape)
     if len(shape) != 4:
         raise ValueError(

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from synflow._atomic import atomic_path, split_ext
+from synflow.align.affine_checks import check_affine
 
 __all__ = [
     "NiftiError",
@@ -164,9 +165,7 @@ def save_nifti(fname: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
         (many tools cannot read int64 NIfTI).
     """
     data = np.asanyarray(data)
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    affine = check_affine(affine, "affine", invertible=False)
     if hdr is None and dtype is None and data.dtype in (np.dtype("int64"), np.dtype("uint64")):
         raise ValueError(
             f"Image data has type {data.dtype}, which may cause incompatibilities with other "

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from synflow._atomic import atomic_path
+from synflow.align.affine_checks import check_affine
 from synflow.segment.mask import bounding_box
 
 __all__ = ["ORIENTATIONS", "cuts_from_bbox"]
@@ -64,9 +65,7 @@ def _reorient(
     """
     if grid2world is None:
         return list(arrays), np.eye(4), np.ones(3)
-    aff = np.asarray(grid2world, dtype=np.float64)
-    if aff.shape != (4, 4):
-        raise ValueError(f"grid2world must be a 4x4 affine, got shape {aff.shape}")
+    aff = check_affine(grid2world, "grid2world", invertible=False)
     first = next(a for a in arrays if a is not None)
     ornt = nib.orientations.io_orientation(aff)
     out = [None if a is None else nib.orientations.apply_orientation(a, ornt) for a in arrays]
