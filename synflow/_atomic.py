@@ -11,11 +11,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "split_ext"]
+__all__ = ["atomic_path", "atomic_write_text", "split_ext"]
 
 
 def split_ext(fname: str | os.PathLike) -> tuple[str, str]:
-    """``("dir/sub-01_dwi", ".nii.gz")`` for ``"dir/sub-01_dwi.nii.gz"`` (keeps ``.nii.gz``)."""
+    """``os.path.splitext`` that keeps double extensions: ``("dir/sub-01_dwi", ".nii.gz")``.
+
+    The one ``split_ext`` in synflow (``synflow.io.image`` and ``synflow.interfaces.bids``
+    re-export it).  The root keeps the directory part, as ``os.path.splitext``; pass
+    ``Path(fname).name`` for the bare stem.  ``.nii.gz`` and ``.tar.gz`` are matched
+    case-insensitively and returned as spelled in ``fname``.
+    """
     name = os.fspath(fname)
     low = name.lower()
     for ext in (".nii.gz", ".tar.gz"):
@@ -68,3 +74,13 @@ def atomic_path(fname: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(fname: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``fname`` through :func:`atomic_path` (flushed and fsync-ed first)."""
+    with atomic_path(fname) as tmp:
+        with open(tmp, "w", encoding=encoding) as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(fname)

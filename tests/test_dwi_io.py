@@ -17,6 +17,8 @@ from synflow.io.image import (
     atomic_path,
     atomic_write_nifti,
     load_nifti,
+    load_volume,
+    nifti_like,
     save_nifti,
     split_ext,
 )
@@ -127,6 +129,40 @@ def test_atomic_path_success_and_failure(tmp_path):
     np.testing.assert_array_equal(nib.load(str(dest)).get_fdata(), 1.0)
     assert split_ext("a/b.nii.gz") == ("a/b", ".nii.gz")
     assert split_ext("a/b.json") == ("a/b", ".json")
+
+
+def test_one_split_ext_everywhere():
+    """io.image, interfaces.bids and _atomic share one split_ext (os.path.splitext meaning)."""
+    from synflow import _atomic
+    from synflow.interfaces import bids
+
+    assert bids.split_ext is split_ext is _atomic.split_ext
+    assert split_ext("/d/sub-01_dwi.NII.GZ") == ("/d/sub-01_dwi", ".NII.GZ")
+    assert split_ext("x.tar.gz") == ("x", ".tar.gz")
+    assert split_ext("d.v1/noext") == ("d.v1/noext", "")
+
+
+def test_load_volume_and_nifti_like(tmp_path):
+    """float32 3-D voxels (X,Y,Z,1 squeezed, scaling applied); nifti_like keeps grid and codes."""
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4, 1)
+    img = nib.Nifti1Image(data, AFFINE)
+    img.header.set_slope_inter(0.5, 1.0)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_sform(AFFINE, 2)
+    img.header.set_qform(AFFINE, 0)
+    f = tmp_path / "v.nii.gz"
+    nib.save(img, str(f))
+    vol, aff, loaded = load_volume(f)
+    assert vol.dtype == np.float32 and vol.shape == (2, 3, 4)
+    np.testing.assert_array_equal(vol, data[..., 0] * 0.5 + 1.0)
+    np.testing.assert_array_equal(aff, AFFINE)
+    out = nifti_like(vol > 3, loaded, np.uint8)
+    assert out.get_data_dtype() == np.uint8
+    assert int(out.header["sform_code"]) == 2 and int(out.header["qform_code"]) == 1
+    assert out.header.get_xyzt_units() == ("mm", "sec")
+    np.testing.assert_array_equal(out.affine, AFFINE)
+    with pytest.raises(NiftiError, match="not found.*missing.nii"):
+        load_volume(tmp_path / "missing.nii")
 
 
 def test_atomic_files_get_ordinary_permissions(tmp_path):

@@ -70,6 +70,16 @@ def registered(data) -> dict:
 
 
 # ----------------------------------------------------------------------------- naming
+def test_out_name_is_fname_presuffix(tmp_path):
+    """Interface outputs: <cwd>/<stem><suffix>.nii.gz, whatever the input's extension."""
+    from synflow.interfaces.dwi import out_name
+
+    assert out_name("/in/sub-01_dwi.nii.gz", "_b0", str(tmp_path)) == \
+        str(tmp_path / "sub-01_dwi_b0.nii.gz")
+    assert out_name("/in/sub-01.v2_dwi.nii", "_mask", str(tmp_path)) == \
+        str(tmp_path / "sub-01.v2_dwi_mask.nii.gz")
+
+
 def test_parse_entities():
     ent = parse_entities("/x/sub-01/ses-A/dwi/sub-01_ses-A_acq-hi_dir-AP_run-2_dwi.nii.gz")
     assert ent == {"sub": "01", "ses": "A", "acq": "hi", "dir": "AP", "run": "2",

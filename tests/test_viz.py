@@ -72,6 +72,15 @@ def test_overlay_slices_matches_dipy(dipy_regtools, tmp_path, slice_type, slice_
     assert fname.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_regtools_save_is_atomic_and_keeps_matplotlib_naming(tmp_path):
+    """No extension: matplotlib's default format, its extension appended; nothing partial."""
+    a, _ = _volume(seed=7)
+    regtools.overlay_slices(a, a, None, 1, "a", "b", tmp_path / "noext")
+    regtools.plot_slices(a, fname=tmp_path / "s.svg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noext.png", "s.svg"]
+    assert (tmp_path / "s.svg").read_text().lstrip().startswith("<?xml")
+
+
 @pytest.mark.needs_dipy
 def test_overlay_images_and_plot_slices_match_dipy(dipy_regtools, tmp_path):
     a, _ = _volume(seed=3)

@@ -38,7 +38,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from synflow._atomic import atomic_path
+from synflow._atomic import atomic_path, atomic_write_text, split_ext
 
 #: Entity order of the raw BIDS file name (subset relevant to DWI), then derivative
 #: entities in the order nipreps' ``nipreps.json`` patterns use.
@@ -46,19 +46,7 @@ RAW_ENTITIES = ("sub", "ses", "task", "acq", "ce", "trc", "stain", "rec", "dir",
                 "echo", "flip", "inv", "mt", "part", "proc", "split", "recording", "chunk")
 DERIV_ENTITIES = ("space", "res", "from", "to", "mode", "desc")
 
-_EXTENSIONS = (".nii.gz", ".nii", ".json", ".bval", ".bvec", ".tsv", ".txt", ".h5",
-               ".svg", ".png", ".html", ".mat", ".x5")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
-
-
-def split_ext(fname: str | os.PathLike) -> tuple[str, str]:
-    """Split ``fname``'s base name into ``(stem, extension)``, knowing ``.nii.gz``."""
-    name = Path(fname).name
-    for ext in _EXTENSIONS:
-        if name.endswith(ext):
-            return name[: -len(ext)], ext
-    stem, dot, ext = name.rpartition(".")
-    return (stem, "." + ext) if dot else (name, "")
 
 
 def parse_entities(fname: str | os.PathLike) -> dict[str, str]:
@@ -67,7 +55,7 @@ def parse_entities(fname: str | os.PathLike) -> dict[str, str]:
     >>> parse_entities("/d/sub-01/ses-1/dwi/sub-01_ses-1_run-2_dwi.nii.gz")["run"]
     '2'
     """
-    stem, ext = split_ext(fname)
+    stem, ext = split_ext(Path(fname).name)
     parts = stem.split("_")
     out: dict[str, str] = {}
     for part in parts[:-1]:
@@ -143,9 +131,8 @@ atomic_write = atomic_path
 
 def write_json_atomic(fname: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """Write ``data`` as indented JSON, atomically."""
-    with atomic_write(fname) as tmp:
-        tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
-    return Path(fname)
+    return atomic_write_text(fname, json.dumps(to_jsonable(data), indent=2, sort_keys=False)
+                             + "\n")
 
 
 def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

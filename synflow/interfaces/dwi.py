@@ -17,21 +17,9 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+from nipype.utils.filemanip import fname_presuffix
 
-from synflow.interfaces.bids import split_ext
-
-
-def out_name(in_file: str, suffix: str, newpath: str, ext: str = ".nii.gz") -> str:
-    """``<newpath>/<stem of in_file><suffix><ext>`` (``.nii.gz``-aware ``fname_presuffix``)."""
-    return str(Path(newpath) / f"{split_ext(in_file)[0]}{suffix}{ext}")
-
-
-def _volume(img: nib.spatialimages.SpatialImage) -> np.ndarray:
-    """Image data as float32, a trailing length-1 fourth axis dropped (X, Y, Z, 1 -> X, Y, Z)."""
-    data = np.asanyarray(img.dataobj, dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    return data
+from synflow.io.image import atomic_write_nifti, load_volume, nifti_like
 
 
 def read_bval_count(bval_file: str, threshold: float) -> tuple[int, int]:
@@ -42,13 +30,18 @@ def read_bval_count(bval_file: str, threshold: float) -> tuple[int, int]:
     return int(bvals.size), int(np.count_nonzero(bvals <= threshold))
 
 
+def out_name(in_file: str, suffix: str, newpath: str, ext: str = ".nii.gz") -> str:
+    """``<newpath>/<stem of in_file><suffix><ext>``, by nipype's ``fname_presuffix``.
+
+    ``.nii.gz`` counts as one extension (nipype's ``split_filename``); the output gets
+    ``ext`` whatever the input's extension.
+    """
+    return fname_presuffix(in_file, suffix=suffix + ext, newpath=newpath, use_ext=False)
+
+
 def save_like(data: np.ndarray, like: nib.Nifti1Image, fname: str, dtype=np.float32) -> str:
-    """Save ``data`` on ``like``'s grid (affine, sform/qform codes), without its scaling."""
-    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), like.affine)
-    out.header.set_xyzt_units(*like.header.get_xyzt_units())
-    out.header.set_sform(like.affine, int(like.header["sform_code"]) or 1)
-    out.header.set_qform(like.affine, int(like.header["qform_code"]) or 1)
-    out.to_filename(fname)
+    """Save ``data`` on ``like``'s grid (:func:`synflow.io.image.nifti_like`), atomically."""
+    atomic_write_nifti(nifti_like(data, like, dtype), fname)
     return fname
 
 
@@ -96,7 +89,7 @@ class ExtractB0(SimpleInterface):
                 f"{self.inputs.in_file}: cannot read the image data ({type(exc).__name__}: "
                 f"{exc}). The file is truncated or corrupt; re-copy or re-export it.") from exc
         if not Path(out_file).exists():
-            img.to_filename(out_file)
+            atomic_write_nifti(img, out_file)
         n_vol, n_b0 = read_bval_count(self.inputs.in_bval, self.inputs.b0_threshold)
         self._results.update(out_file=out_file, n_volumes=n_vol, n_b0=n_b0,
                              elapsed=time.perf_counter() - t0)
@@ -131,8 +124,7 @@ class MedianOtsu(SimpleInterface):
         from synflow.segment.mask import median_otsu
 
         t0 = time.perf_counter()
-        img = nib.load(self.inputs.in_file)
-        data = _volume(img)
+        data, _, img = load_volume(self.inputs.in_file)
         if data.ndim != 3:
             raise ValueError(f"{self.inputs.in_file}: MedianOtsu expects a 3-D image, "
                              f"got shape {data.shape}")
@@ -187,9 +179,8 @@ class ApplyMask(SimpleInterface):
     output_spec = _ApplyMaskOutputSpec
 
     def _run_interface(self, runtime):
-        img = nib.load(self.inputs.in_file)
-        data = _volume(img)
-        mask = _volume(nib.load(self.inputs.in_mask)) > 0
+        data, _, img = load_volume(self.inputs.in_file)
+        mask = load_volume(self.inputs.in_mask)[0] > 0
         if mask.shape != data.shape:
             raise ValueError(f"{self.inputs.in_mask}: mask shape {mask.shape} does not match "
                              f"{self.inputs.in_file} {data.shape}")

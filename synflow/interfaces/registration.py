@@ -26,15 +26,10 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from synflow._atomic import atomic_path, atomic_write_text
+from synflow.align.affine_checks import check_affine
 from synflow.interfaces.dwi import out_name, save_like
-
-
-def _load(fname: str) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
-    img = nib.load(fname)
-    data = np.asanyarray(img.dataobj, dtype=np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    return data, img.affine, img
+from synflow.io.image import atomic_write_nifti, load_nifti, load_volume
 
 
 def _set_threads(num_threads) -> None:
@@ -46,15 +41,20 @@ def _set_threads(num_threads) -> None:
 def _mask_or_none(fname) -> np.ndarray | None:
     if not isdefined(fname) or fname is None:
         return None
-    return _load(fname)[0] > 0
+    return load_volume(fname)[0] > 0
 
 
-class _AffinePrealignInputSpec(BaseInterfaceInputSpec):
+class _PairInputSpec(BaseInterfaceInputSpec):
+    """Inputs every registration of a moving image to a reference takes."""
+
     reference_file = File(exists=True, mandatory=True, desc="reference (static) image")
     moving_file = File(exists=True, mandatory=True, desc="moving image (the subject's b0)")
+    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="engine threads")
+
+
+class _AffinePrealignInputSpec(_PairInputSpec):
     reference_mask = File(exists=True, desc="brain mask on the reference grid")
     moving_mask = File(exists=True, desc="brain mask on the moving grid")
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="engine threads")
 
 
 class _AffinePrealignOutputSpec(TraitedSpec):
@@ -82,22 +82,23 @@ class AffinePrealign(SimpleInterface):
 
         _set_threads(self.inputs.num_threads)
         t0 = time.perf_counter()
-        static, static_aff, _ = _load(self.inputs.reference_file)
-        moving, moving_aff, _ = _load(self.inputs.moving_file)
+        static, static_aff, ref_img = load_volume(self.inputs.reference_file)
+        moving, moving_aff, _ = load_volume(self.inputs.moving_file)
         prealign = estimate_prealign(static, moving, static_aff, moving_aff,
                                      static_mask=_mask_or_none(self.inputs.reference_mask),
                                      moving_mask=_mask_or_none(self.inputs.moving_mask))
-        prealign = np.asarray(prealign, dtype=np.float64)
-        if prealign.shape != (4, 4) or not np.all(np.isfinite(prealign)):
+        try:
+            prealign = check_affine(prealign, "prealign", invertible=False)
+        except ValueError as exc:
             raise ValueError(f"affine pre-alignment of {self.inputs.moving_file} failed "
-                             "(non-finite matrix)")
+                             f"({exc})") from exc
         warped = AffineMap(prealign, static.shape, static_aff, moving.shape,
                            moving_aff).transform(moving)
         out_matrix = str(Path(runtime.cwd) / "prealign.txt")
-        np.savetxt(out_matrix, prealign)
+        with atomic_path(out_matrix) as tmp:
+            np.savetxt(tmp, prealign)
         out_itk = str(Path(runtime.cwd) / "prealign_itk.txt")
         write_itk_affine(prealign, out_itk)
-        ref_img = nib.load(self.inputs.reference_file)
         out_file = save_like(warped, ref_img, out_name(self.inputs.moving_file, "_affine",
                                                         runtime.cwd))
         self._results.update(out_matrix=out_matrix, out_itk=out_itk, out_file=out_file,
@@ -105,9 +106,7 @@ class AffinePrealign(SimpleInterface):
         return runtime
 
 
-class _SyNInputSpec(BaseInterfaceInputSpec):
-    reference_file = File(exists=True, mandatory=True, desc="reference (static) image")
-    moving_file = File(exists=True, mandatory=True, desc="moving image (the subject's b0)")
+class _SyNInputSpec(_PairInputSpec):
     prealign_file = File(exists=True, desc="4x4 prealign as text (AffinePrealign.out_matrix);"
                                            " identity if not given")
     reference_mask = File(exists=True, desc="brain mask on the reference grid (QC numbers)")
@@ -122,7 +121,6 @@ class _SyNInputSpec(BaseInterfaceInputSpec):
     inv_tol = traits.Float(1e-3, usedefault=True, desc="inversion tolerance")
     compute_qc = traits.Bool(True, usedefault=True,
                              desc="compute local CC / Jacobian / inverse-consistency numbers")
-    num_threads = traits.Int(1, usedefault=True, nohash=True, desc="engine threads")
 
 
 class _SyNOutputSpec(TraitedSpec):
@@ -175,8 +173,8 @@ class SyNRegistration(SimpleInterface):
         from synflow.io.itk import write_itk_affine, write_itk_composite
 
         _set_threads(self.inputs.num_threads)
-        static, static_aff, static_img = _load(self.inputs.reference_file)
-        moving, moving_aff, _ = _load(self.inputs.moving_file)
+        static, static_aff, static_img = load_volume(self.inputs.reference_file)
+        moving, moving_aff, _ = load_volume(self.inputs.moving_file)
         prealign = (np.loadtxt(self.inputs.prealign_file) if isdefined(self.inputs.prealign_file)
                     else np.eye(4))
         params = syn_parameters(self.inputs)
@@ -214,8 +212,7 @@ class SyNRegistration(SimpleInterface):
             mask = _mask_or_none(self.inputs.reference_mask)
             qc.update(registration_qc(mapping, static, moving, static_aff, moving_aff,
                                       prealign, warped, unaligned, mask))
-        with open(out["out_qc"], "w") as fobj:
-            json.dump({"qc": qc, "parameters": params}, fobj, indent=2)
+        atomic_write_text(out["out_qc"], json.dumps({"qc": qc, "parameters": params}, indent=2))
         self._results.update(out, qc=qc, parameters=params, elapsed=elapsed,
                              dipy_meta=dipy_read_mapping_meta(mapping))
         return runtime
@@ -317,8 +314,7 @@ class ApplyRegistration(SimpleInterface):
 
         _set_threads(self.inputs.num_threads)
         mapping = read_mapping(self.inputs.mapping_file)
-        img = nib.load(self.inputs.in_file)
-        data = np.asanyarray(img.dataobj)
+        data, _, img = load_nifti(self.inputs.in_file, return_img=True)
         forward = self.inputs.direction == "forward"
         func = mapping.transform if forward else mapping.transform_inverse
         target = output_grid2world(mapping, forward)
@@ -337,6 +333,6 @@ class ApplyRegistration(SimpleInterface):
         out_img = nib.Nifti1Image(out.astype(dtype), np.asarray(target, dtype=np.float64))
         out_img.header.set_xyzt_units(*img.header.get_xyzt_units())
         out_file = out_name(self.inputs.in_file, self.inputs.out_suffix, runtime.cwd)
-        out_img.to_filename(out_file)
+        atomic_write_nifti(out_img, out_file)
         self._results["out_file"] = out_file
         return runtime

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -33,7 +32,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from synflow.interfaces.bids import to_jsonable
+from synflow.interfaces.bids import to_jsonable, write_json_atomic
+from synflow.io.image import load_volume
 
 #: desc entity of each figure -> (title, caption, kind); the order is the report's order.
 #: ``kind`` is one of synflow.viz.report's kinds: mask, overlay, flicker, grid, jacobian.
@@ -75,8 +75,9 @@ def figure_entries(paths: Sequence[str | Path], descs: Sequence[str]) -> list[di
 
 
 def _arr(fname: str) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(fname)
-    return np.asanyarray(img.dataobj, dtype=np.float32), img.affine
+    """float32 voxels and affine of one volume (:func:`synflow.io.image.load_volume`)."""
+    data, affine, _ = load_volume(fname)
+    return data, affine
 
 
 class _ReportletsInputSpec(BaseInterfaceInputSpec):
@@ -161,7 +162,7 @@ class RegistrationReportlets(SimpleInterface):
             "timings": timings,
         }
         out_series = cwd / "series.json"
-        out_series.write_text(json.dumps(to_jsonable(record), indent=2))
+        write_json_atomic(out_series, record)
         self._results.update(out_figures=paths, out_descs=descs, out_series=str(out_series))
         return runtime
 

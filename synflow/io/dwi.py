@@ -14,8 +14,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from synflow.align.affine_checks import check_affine
+
 from .gradients import read_bvals_bvecs
-from .image import NiftiError, atomic_write_nifti
+from .image import NiftiError, _open_nifti, atomic_write_nifti, nifti_like
 
 __all__ = ["B0_THRESHOLD", "b0_indices", "mean_b0", "extract_b0"]
 
@@ -139,9 +141,7 @@ def mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.nd
 def _mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.ndarray,
              b0_threshold: float, align: bool, data_name: str,
              bval_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    affine = check_affine(affine, "affine", invertible=False)
     shape = tuple(data.shape)
     if len(shape) != 4:
         raise ValueError(
@@ -190,25 +190,11 @@ def extract_b0(dwi_file: str | os.PathLike, bval_file: str | os.PathLike,
         count != number of volumes, no b0 under ``b0_threshold`` (gives the smallest b-value),
         NaN voxels (gives how many).
     """
-    dwi_file = Path(dwi_file)
     bvals, _ = read_bvals_bvecs(bval_file, None)
-    if not dwi_file.is_file():
-        raise NiftiError(f"NIfTI file not found: {dwi_file}")
-    try:
-        img = nib.load(str(dwi_file), keep_file_open=True)
-    except Exception as exc:
-        raise NiftiError(f"cannot read NIfTI file {dwi_file}: {type(exc).__name__}: {exc}") \
-            from exc
-    mean, affine, _ = _mean_b0(img.dataobj, img.affine, bvals, b0_threshold, align,
-                               f"DWI file {dwi_file}", f"b-values file {bval_file}")
-    out = nib.Nifti1Image(mean, affine)
-    src = img.header
-    sform, scode = src.get_sform(coded=True)
-    qform, qcode = src.get_qform(coded=True)
-    out.header.set_sform(affine, code=int(scode) if sform is not None else 1)
-    out.header.set_qform(affine, code=int(qcode) if qform is not None else 1)
-    out.header.set_xyzt_units(*src.get_xyzt_units())
-    out.header.set_data_dtype(np.float32)
+    img = _open_nifti(dwi_file, keep_file_open=True)
+    mean, _, _ = _mean_b0(img.dataobj, img.affine, bvals, b0_threshold, align,
+                          f"DWI file {Path(dwi_file)}", f"b-values file {bval_file}")
+    out = nifti_like(mean, img)
     if out_file is not None:
         atomic_write_nifti(out, out_file)
     return out

@@ -3,6 +3,9 @@
 * :func:`load_nifti` / :func:`save_nifti` keep DIPY's signatures and return values; failures
   raise :class:`NiftiError` (a ``ValueError``, also an ``OSError``) naming the file and the cause
   (missing, not NIfTI, truncated / unreadable voxel data).
+* :func:`load_volume` is synflow's one loader for a single volume (float32, a trailing
+  length-1 fourth axis dropped, plus the affine and the image); :func:`nifti_like` builds
+  an image on another image's grid (affine, sform/qform codes, units).
 * :func:`atomic_path` is the helper every synflow writer uses: it yields a hidden temporary path
   in the destination directory (same extension, so nibabel picks the same format) and
   ``os.replace``-s it onto the destination only if the block succeeds, so readers never see a
@@ -19,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from synflow._atomic import atomic_path, split_ext
+from synflow.align.affine_checks import check_affine
 
 __all__ = [
     "NiftiError",
@@ -26,6 +30,8 @@ __all__ = [
     "atomic_write_nifti",
     "load_nifti",
     "load_nifti_data",
+    "load_volume",
+    "nifti_like",
     "save_nifti",
     "split_ext",
 ]
@@ -41,24 +47,25 @@ def atomic_write_nifti(img: nib.spatialimages.SpatialImage, fname: str | os.Path
     return Path(fname)
 
 
-def _open_nifti(fname: str | os.PathLike) -> nib.spatialimages.SpatialImage:
+def _open_nifti(fname: str | os.PathLike, **kwargs: Any) -> nib.spatialimages.SpatialImage:
+    """``nib.load(fname, **kwargs)``; :class:`NiftiError` naming the file if that fails."""
     path = Path(os.fspath(fname))
     if not path.exists():
         raise NiftiError(f"NIfTI file not found: {path}")
     if path.is_dir():
         raise NiftiError(f"expected a NIfTI file, got a directory: {path}")
     try:
-        return nib.load(str(path))
+        return nib.load(str(path), **kwargs)
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, OSError, ...
         raise NiftiError(f"cannot read NIfTI file {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _read_data(img: nib.spatialimages.SpatialImage, fname: str | os.PathLike,
-               as_ndarray: bool) -> Any:
+               as_ndarray: bool, dtype: Any = None) -> Any:
     if not as_ndarray:
         return img.dataobj
     try:
-        return np.asanyarray(img.dataobj)
+        return np.asanyarray(img.dataobj, dtype=dtype)
     except Exception as exc:  # truncated gzip / short file: EOFError, OSError, ValueError
         raise NiftiError(
             f"cannot read the voxel data of {os.fspath(fname)} (truncated or corrupt file?): "
@@ -109,6 +116,36 @@ def load_nifti_data(fname: str | os.PathLike, as_ndarray: bool = True) -> Any:
     return _read_data(_open_nifti(fname), fname, as_ndarray)
 
 
+def load_volume(fname: str | os.PathLike, dtype: Any = np.float32
+                ) -> tuple[np.ndarray, np.ndarray, nib.spatialimages.SpatialImage]:
+    """One volume of a NIfTI file: ``(data, affine, img)``.
+
+    ``data`` is read as ``dtype`` (float32 by default; ``scl_slope``/``scl_inter`` applied)
+    and an ``(X, Y, Z, 1)`` image is returned as ``(X, Y, Z)``; other shapes are returned
+    as stored (the caller checks the dimension it needs).  ``affine`` maps voxel indices to
+    world RAS mm.  Errors are :class:`NiftiError` naming the file, as :func:`load_nifti`.
+    """
+    img = _open_nifti(fname)
+    data = _read_data(img, fname, True, dtype)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    return data, img.affine, img
+
+
+def nifti_like(data: np.ndarray, like: nib.spatialimages.SpatialImage,
+               dtype: Any = np.float32) -> nib.Nifti1Image:
+    """``data`` (cast to ``dtype``) as a NIfTI-1 image on ``like``'s voxel grid.
+
+    Takes ``like``'s affine, its sform/qform codes (an unset code becomes 1, "scanner")
+    and its spatial/temporal units, but not its scaling (``scl_slope``) or data type.
+    """
+    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), like.affine)
+    out.header.set_xyzt_units(*like.header.get_xyzt_units())
+    out.header.set_sform(like.affine, int(like.header["sform_code"]) or 1)
+    out.header.set_qform(like.affine, int(like.header["qform_code"]) or 1)
+    return out
+
+
 def save_nifti(fname: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
                hdr: nib.Nifti1Header | None = None, dtype: Any = None) -> None:
     """Save an array as NIfTI-1, as ``dipy.io.image.save_nifti`` (written atomically).
@@ -128,9 +165,7 @@ def save_nifti(fname: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
         (many tools cannot read int64 NIfTI).
     """
     data = np.asanyarray(data)
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    affine = check_affine(affine, "affine", invertible=False)
     if hdr is None and dtype is None and data.dtype in (np.dtype("int64"), np.dtype("uint64")):
         raise ValueError(
             f"Image data has type {data.dtype}, which may cause incompatibilities with other "

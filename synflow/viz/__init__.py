@@ -3,7 +3,8 @@
 * :mod:`synflow.viz.regtools` -- DIPY-compatible ``overlay_slices``, ``overlay_images``,
   ``plot_slices``;
 * :mod:`synflow.viz.reportlets` -- QC figures (mask contour, flicker, red/green overlay,
-  deformation grid, Jacobian map);
+  deformation grid, Jacobian map), drawn with :mod:`synflow.viz.mosaic` (slice mosaics)
+  and :mod:`synflow.viz.flicker` (flicker SVGs, SVG id prefixing);
 * :mod:`synflow.viz.report` -- ``write_participant_report``.
 
 Everything draws on matplotlib's Agg/SVG canvases; no display and no pyplot state.

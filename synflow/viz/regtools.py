@@ -18,8 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import rcParams
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from synflow._atomic import atomic_path
 
 __all__ = ["overlay_images", "overlay_slices", "plot_slices"]
 
@@ -55,8 +58,28 @@ def _to_uint8_range(v: np.ndarray) -> np.ndarray:
 
 
 def _save(fig: Figure, fname: str | os.PathLike[str] | None, fig_kwargs: dict[str, Any]) -> None:
-    if fname is not None:
-        fig.savefig(os.fspath(fname), bbox_inches="tight", **fig_kwargs)
+    """``fig.savefig(fname, bbox_inches="tight", **fig_kwargs)``, written through atomic_path.
+
+    The format is matplotlib's choice: ``format=`` if given, else ``fname``'s extension,
+    else ``rcParams["savefig.format"]`` with that extension appended (as matplotlib does).
+    A file-like ``fname`` is handed to matplotlib unchanged.
+    """
+    if fname is None:
+        return
+    if not isinstance(fname, (str, os.PathLike)):
+        fig.savefig(fname, bbox_inches="tight", **fig_kwargs)
+        return
+    kwargs = dict(fig_kwargs)
+    fmt = kwargs.pop("format", None)
+    dest = os.fspath(fname)
+    ext = os.path.splitext(dest)[1][1:]
+    if fmt is None and ext:
+        fmt = ext.lower()
+    elif fmt is None:
+        fmt = rcParams["savefig.format"]
+        dest = f"{dest}.{fmt}"
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format=fmt, bbox_inches="tight", **kwargs)
 
 
 def overlay_slices(

@@ -52,7 +52,7 @@ class DWISeries:
     @property
     def name(self) -> str:
         """File-name stem, e.g. ``sub-01_ses-1_run-1_dwi`` (the series' name in reports)."""
-        return split_ext(self.dwi_file)[0]
+        return split_ext(Path(self.dwi_file).name)[0]
 
     @property
     def wf_name(self) -> str:
