@@ -245,3 +245,26 @@ def test_report_overwrites_atomically(tmp_path):
     write_participant_report(out, "03", [])
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["sub-03.html"]
+
+
+def test_plot_2d_diffeomorphic_map_equals_dipy(tmp_path):
+    """Same lattices as DIPY's plot_2d_diffeomorphic_map for the same map, both grids."""
+    dipy_regtools = pytest.importorskip("dipy.viz.regtools")
+    from synflow.align.imwarp import SymmetricDiffeomorphicRegistration
+    from synflow.align.metrics import SSDMetric
+    from synflow.viz import regtools
+
+    rng = np.random.default_rng(0)
+    static, moving = rng.random((13, 14)), rng.random((11, 12))
+    mapping = SymmetricDiffeomorphicRegistration(SSDMetric(2), level_iters=[20, 10]).optimize(
+        static, moving)
+    np.testing.assert_array_equal(regtools.draw_lattice_2d(2, 3, 4),
+                                  dipy_regtools.draw_lattice_2d(2, 3, 4))
+    ours = regtools.plot_2d_diffeomorphic_map(mapping, delta=3, fname=tmp_path / "grid.png")
+    theirs = dipy_regtools.plot_2d_diffeomorphic_map(mapping, delta=3, show_figure=False)
+    assert ours[0].shape == static.shape and ours[1].shape == moving.shape
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="delta"):
+        regtools.plot_2d_diffeomorphic_map(mapping, delta=0)

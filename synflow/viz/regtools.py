@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 
 from synflow._atomic import atomic_path
 
-__all__ = ["overlay_images", "overlay_slices", "plot_slices"]
+__all__ = ["draw_lattice_2d", "overlay_images", "overlay_slices", "plot_2d_diffeomorphic_map",
+           "plot_slices"]
 
 
 def _new_figure(**kwargs: Any) -> Figure:
@@ -217,3 +218,75 @@ def plot_slices(
     )
     _save(fig, fname, fig_kwargs)
     return fig
+
+
+def draw_lattice_2d(nrows: int, ncols: int, delta: int) -> np.ndarray:
+    """A regular lattice of ``nrows x ncols`` squares (DIPY's ``draw_lattice_2d``).
+
+    Squares of ``delta x delta`` pixels filled with 127, separated by one-pixel lines of 0;
+    the image has shape ``(1 + (delta + 1) * nrows, 1 + (delta + 1) * ncols)``, float64.
+    """
+    for name, value in (("nrows", nrows), ("ncols", ncols), ("delta", delta)):
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    step = int(delta) + 1
+    lattice = np.full((1 + step * int(nrows), 1 + step * int(ncols)), 127.0)
+    lattice[::step, :] = 0
+    lattice[:, ::step] = 0
+    return lattice
+
+
+def _lattice(shape: Sequence[int], delta: int) -> np.ndarray:
+    """A lattice image cut to ``shape`` (pixels)."""
+    rows, cols = int(shape[0]), int(shape[1])
+    lattice = draw_lattice_2d((rows + delta) // (delta + 1), (cols + delta) // (delta + 1), delta)
+    return lattice[:rows, :cols]
+
+
+def _inverse_or_none(grid2world: Any) -> np.ndarray | None:
+    return None if grid2world is None else np.linalg.inv(np.asarray(grid2world, dtype=float))
+
+
+def plot_2d_diffeomorphic_map(mapping: Any, *, delta: int = 10,
+                              fname: str | os.PathLike[str] | None = None,
+                              direct_grid_shape: Sequence[int] | None = None,
+                              direct_grid2world: Any = -1,
+                              inverse_grid_shape: Sequence[int] | None = None,
+                              inverse_grid2world: Any = -1, show_figure: bool = True,
+                              **fig_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the effect of a 2-D diffeomorphic map on a regular lattice (DIPY's function).
+
+    Returns ``(warped_forward, warped_backward)``: a lattice drawn on the inverse grid (by
+    default the moving grid) pulled onto the direct grid (by default the static grid) with
+    ``mapping.transform``, and a lattice on the direct grid pulled onto the inverse grid
+    with ``mapping.transform_inverse``.  ``-1`` for a grid2world means "the mapping's own"
+    (``None`` means identity), as in DIPY.  With ``show_figure`` the two images are drawn
+    side by side (without pyplot) and saved to ``fname`` if given.
+    """
+    if int(delta) != delta or delta < 1:
+        raise ValueError(f"delta must be a positive integer (pixels), got {delta!r}")
+    delta = int(delta)
+    # DIPY: a map returned by SyN (is_inverse) pulls onto its codomain grid
+    direct = ("codomain" if mapping.is_inverse else "domain")
+    inverse = ("domain" if mapping.is_inverse else "codomain")
+    if direct_grid_shape is None:
+        direct_grid_shape = getattr(mapping, f"{direct}_shape")
+    if isinstance(direct_grid2world, int) and direct_grid2world == -1:
+        direct_grid2world = getattr(mapping, f"{direct}_grid2world")
+    if inverse_grid_shape is None:
+        inverse_grid_shape = getattr(mapping, f"{inverse}_shape")
+    if isinstance(inverse_grid2world, int) and inverse_grid2world == -1:
+        inverse_grid2world = getattr(mapping, f"{inverse}_grid2world")
+    warped_forward = mapping.transform(
+        _lattice(inverse_grid_shape, delta), interpolation="linear",
+        image_world2grid=_inverse_or_none(inverse_grid2world),
+        out_shape=direct_grid_shape, out_grid2world=direct_grid2world)
+    warped_backward = mapping.transform_inverse(
+        _lattice(direct_grid_shape, delta), interpolation="linear",
+        image_world2grid=_inverse_or_none(direct_grid2world),
+        out_shape=inverse_grid_shape, out_grid2world=inverse_grid2world)
+    if show_figure:
+        fig = _tile_plot([warped_forward, warped_backward],
+                         ["Direct transform", "Inverse transform"], cmap="gray")
+        _save(fig, fname, fig_kwargs)
+    return warped_forward, warped_backward

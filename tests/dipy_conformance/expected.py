@@ -24,57 +24,26 @@ _NO_DOMAIN = (
 
 EXPECTED_FAILURES: dict[str, str] = {
     # --- dipy.align.imwarp
-    _IMWARP + "test_mult_aff": f"{PENDING}: imwarp.mult_aff",
-    _IMWARP + "test_diffeomorphic_map_2d": (
-        f"{PENDING}: DiffeomorphicMap(2, None) must raise ValueError"),
-    _IMWARP + "test_diffeomorphic_map_simplification_2d": f"{PENDING}: imwarp.mult_aff",
-    _IMWARP + "test_diffeomorphic_map_simplification_3d": f"{PENDING}: imwarp.mult_aff",
-    _IMWARP + "test_optimizer_exceptions": (
-        f"{PENDING}: SymmetricDiffeomorphicRegistration._get_energy_derivative"),
-    _IMWARP + "test_get_direction_and_spacings": f"{PENDING}: imwarp.get_direction_and_spacings",
-    _IMWARP + "test_ssd_2d_demons": (
-        f"{PENDING}: SymmetricDiffeomorphicRegistration.get_intermediate_maps"),
     _IMWARP + "test_ssd_2d_gauss_newton": f"{PENDING}: SSDMetric step_type 'gauss_newton'",
-    _IMWARP + "test_ssd_3d_demons": _NO_DOMAIN,
     _IMWARP + "test_ssd_3d_gauss_newton": _NO_DOMAIN,
-    _IMWARP + "test_cc_2d": _NO_DOMAIN,
-    _IMWARP + "test_cc_3d": _NO_DOMAIN,
     _IMWARP + "test_em_3d_gauss_newton": _NO_DOMAIN,
     _IMWARP + "test_em_2d_gauss_newton": _NO_DOMAIN,
     _IMWARP + "test_em_3d_demons": _NO_DOMAIN,
     _IMWARP + "test_em_2d_demons": _NO_DOMAIN,
-    # --- dipy.align.imaffine
-    "align/tests/test_imaffine.py::test_affreg_all_transforms": (
-        f"{PENDING}: AffineRegistration.optimize must warn (UserWarning) as DIPY does"),
-    "align/tests/test_imaffine.py::test_affine_map": (
-        f"{PENDING}: AffineMap accepts DIPY's (dim+1)x(dim+1) matrices whose last row is "
-        "not [0 .. 0 1] (synflow raises AffineInvalidValuesError)"),
     # --- dipy.align.metrics
     "align/tests/test_metrics.py::test_exceptions": f"{PENDING}: metrics.EMMetric",
     "align/tests/test_metrics.py::test_EMMetric_image_dynamics": f"{PENDING}: metrics.EMMetric",
     "align/tests/test_metrics.py::test_em_demons_step_2d": f"{PENDING}: metrics.EMMetric",
     "align/tests/test_metrics.py::test_em_demons_step_3d": f"{PENDING}: metrics.EMMetric",
-    # --- dipy.align.transforms
-    "align/tests/test_transforms.py::test_invalid_transform": (
-        f"{PENDING}: Transform().get_identity_parameters() must raise ValueError"),
-    # --- dipy.align.scalespace
-    "align/tests/test_scalespace.py::test_scale_space": (
-        f"{PENDING}: imwarp.get_direction_and_spacings"),
-    "align/tests/test_scalespace.py::test_scale_space_exceptions": (
-        f"{PENDING}: ScaleSpace.get_image(invalid level) must raise ValueError"),
     # --- dipy.segment.mask
     "segment/tests/test_mask.py::test_median_otsu": (
         f"{PERMANENT}: asserts DIPY's own dipy.utils.deprecator.ArgsDeprecationWarning "
         "(autocrop); synflow warns with its own class"),
-    # --- dipy.viz.regtools
-    "viz/tests/test_regtools.py::test_plot_2d_diffeomorphic_map": (
-        f"{PENDING}: regtools.plot_2d_diffeomorphic_map"),
 }
 
 #: DIPY tests not run at all: they test DIPY functions synflow does not mirror
 #: (their imports stay DIPY's, so running them would only test DIPY).
 DESELECTED: dict[str, str] = {
-    "align/tests/test_api.py::test_register_dwi_to_template": "register_dwi_to_template",
     "align/tests/test_api.py::test_register_series": "register_series",
     "align/tests/test_api.py::test_register_dwi_series_and_motion_correction": (
         "register_dwi_series, motion_correction"),
