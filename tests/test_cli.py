@@ -158,20 +158,22 @@ def test_bad_plugin_is_a_usage_error(bad_bids, tmp_path, capsys):
     (["07"], ExitCode.DATA_ERROR, "cannot read the NIfTI header"),
 ])
 def test_early_input_errors(bad_bids, tmp_path, capsys, labels, code, text):
-    """Problems found before the workflow runs: message, file name, exit code."""
+    """Problems found before the workflow runs: message, file name, exit code (synflow's
+    own checks, which also guard runs with --skip-bids-validation)."""
     got, out = run_cli([bad_bids, tmp_path / "o", "participant", "-w", tmp_path / "w",
-                        "--participant-label", *labels], capsys)
+                        "--skip-bids-validation", "--participant-label", *labels], capsys)
     assert got == code, out
     assert text in out
 
 
 def test_bad_input_does_not_stop_the_others(bad_bids, small, capsys):
-    """One run over every problem: sub-01 is processed, each failure reported once."""
+    """One run over every problem: sub-01 is processed, each failure reported once (synflow's
+    own checks: the validator would reject most of these participants before they run)."""
     out_dir = bad_bids / "derivatives" / "synflow"  # allowed inside the input, as fMRIPrep
     work = small["root"] / "work_bad"
     args = [bad_bids, out_dir, "participant", "-w", work, "--reference", small["ref"],
-            "--nprocs", "2", "--participant-label", "01", "02", "03", "04", "05", "06", "07",
-            "08", "99", *CHEAP_CLI]
+            "--nprocs", "2", "--skip-bids-validation", "--participant-label", "01", "02", "03",
+            "04", "05", "06", "07", "08", "99", *CHEAP_CLI]
     code, out = run_cli(args, capsys)
     # data errors (65) outrank missing inputs (66); nothing crashed for another reason
     assert code == ExitCode.DATA_ERROR, out
@@ -410,3 +412,45 @@ def test_finished_nodes_without_this_runs_manifest_are_not_ok(tmp_path):
         (outcome,) = collect(ctx, {"01": [item]}, progress)
         assert outcome.status == status, run
     assert outcome.qc == {"a": 1}
+
+
+def test_bids_validator_rejects_one_participant_the_others_run(small, tmp_path, capsys):
+    """The real BIDS validator runs by default, on the selected participants only; an error
+    inside one participant's folder rejects that participant (exit 16 in its row), the
+    others are processed; an error outside the selection does not matter."""
+    from synflow.cli.validator import find_validator
+
+    if find_validator() is None:
+        pytest.skip("no BIDS validator installed (pip install 'synflow[validator]')")
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "02", "03"), seed=2)
+    _dwi(bids, "02").with_name("sub-02_dwi.bval").unlink()  # DWI_MISSING_BVAL
+    _dwi(bids, "03").with_name("sub-03_dwi.bvec").unlink()  # not selected below
+    args = [bids, tmp_path / "out", "participant", "-w", tmp_path / "w", "--reference",
+            small["ref"], "--participant-label", "01", "02", "--no-reports", *CHEAP_CLI]
+    code, out = run_cli(args, capsys)
+    assert code == ExitCode.BIDS_INVALID, out
+    assert "bids-validator" in out and "participant(s) 01, 02" in out
+    rows = {ln.split()[0]: ln for ln in out.split("Summary")[1].splitlines()
+            if ln.startswith("sub-")}
+    assert " ok " in rows["sub-01"] and "failed" in rows["sub-02"]
+    assert "DWI_MISSING_BVAL" in out and "sub-03" not in out.split("Summary")[1]
+    # a dataset-level error stops the run before any work
+    (bids / "notes_by_hand.txt").write_text("not a BIDS file\n")  # NOT_INCLUDED, top level
+    code, out = run_cli(args[:-len(CHEAP_CLI)], capsys)
+    assert code == ExitCode.BIDS_INVALID and "not a valid BIDS dataset" in out, out
+
+
+def test_missing_bval_or_bvec_is_a_series_problem(tmp_path):
+    """pybids' get_bval/get_bvec raise IndexError when the file is absent: that must be a
+    per-series problem naming the file, never a crash of the whole run (issue 10)."""
+    from synflow.cli.bids import check_series, make_layout
+
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "02"), seed=4)
+    _dwi(bids, "01").with_name("sub-01_dwi.bval").unlink()
+    _dwi(bids, "02").with_name("sub-02_dwi.bvec").unlink()
+    layout = make_layout(bids, tmp_path / "db", True, None)
+    item, problem = check_series(layout, str(_dwi(bids, "01")), 50.0)
+    assert problem is not None and problem[1] == ExitCode.NO_INPUT
+    assert "no .bval file found" in problem[0] and "sub-01_dwi" in problem[0]
+    item, problem = check_series(layout, str(_dwi(bids, "02")), 50.0)
+    assert problem is None and item.bvec_file is None  # b0s need only the b-values

@@ -10,7 +10,6 @@ the run.  Either way the other series are processed.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,33 +41,66 @@ class Selection:
     problems: list[Problem] = field(default_factory=list)
 
 
-def validate_dataset(bids_dir: Path, participants: list[str] | None = None) -> str:
+@dataclass(frozen=True)
+class Validation:
+    """The outcome of :func:`validate_dataset`: what ran, and the participants it rejected
+    (label -> the validator's error lines about files in that participant's folder)."""
+
+    how: str
+    invalid: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def problems(self) -> list[Problem]:
+        """One :class:`Problem` per rejected participant (exit 16, BIDS-Apps)."""
+        return [Problem(label, "-", (
+            f"not valid BIDS ({len(lines)} validator error(s)): " + "; ".join(lines[:5]).rstrip(".")
+            + (" ..." if len(lines) > 5 else "")
+            + ". Fix them, or use --skip-bids-validation to process it anyway."),
+            ExitCode.BIDS_INVALID) for label, lines in sorted(self.invalid.items())]
+
+
+def validate_dataset(bids_dir: Path, participants: list[str] | None = None) -> Validation:
     """Validate ``bids_dir``; raise :class:`SynflowError` (exit 16) if it is not BIDS.
 
-    Uses the ``bids-validator`` executable when it is on ``PATH`` (as fMRIPrep); else a
-    structural check (``dataset_description.json`` with ``Name`` and ``BIDSVersion``,
-    at least one ``sub-*`` folder, ``DatasetType`` not ``derivative``): the npm/deno
-    validator is not a Python package, and the check catches the usual mistakes (wrong
-    folder, a derivatives folder, a mount that did not happen).  Returns what was run.
+    Runs the BIDS validator (:mod:`synflow.cli.validator`) on the selected
+    ``participants`` (all when None).  Errors about dataset-level files stop the run; errors
+    inside one participant's folder reject that participant only (the others run: see
+    :meth:`Validation.problems`); warnings are counted.  Without a validator installed, a
+    structural check (``dataset_description.json`` with ``Name`` and ``BIDSVersion``, at
+    least one ``sub-*`` folder, ``DatasetType`` not ``derivative``) catches the usual
+    mistakes (wrong folder, a derivatives folder, a mount that did not happen).
     """
+    from synflow.cli.validator import find_validator, run_validator
+
+    _structural_check(bids_dir)  # the usual mistakes, with a clearer message than the tool's
+    command = find_validator()
+    if command is None:
+        return Validation("structural check only (no BIDS validator installed: "
+                          "pip install 'synflow[validator]')")
+    try:
+        result = run_validator(command, bids_dir, participants)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        raise SynflowError(f"the BIDS validator could not run on {bids_dir}: {exc}. "
+                           "Use --skip-bids-validation to skip validation.",
+                           ExitCode.BIDS_INVALID) from exc
+    tool = Path(result.tool).name
+    if result.errors:
+        shown = "\n  ".join(result.errors[:30])
+        more = f"\n  ... and {len(result.errors) - 30} more" if len(result.errors) > 30 else ""
+        raise SynflowError(
+            f"{bids_dir} is not a valid BIDS dataset ({tool}, {len(result.errors)} "
+            f"error(s)):\n  {shown}{more}\nFix the errors above, or use "
+            "--skip-bids-validation.", ExitCode.BIDS_INVALID)
+    which = "all participants" if participants is None else (
+        "participant(s) " + ", ".join(participants))
+    bad = f", {len(result.participant_errors)} participant(s) rejected" if (
+        result.participant_errors) else ""
+    return Validation(f"{tool} on {which}: {result.n_warnings} warning(s){bad}",
+                      dict(result.participant_errors))
+
+
+def _structural_check(bids_dir: Path) -> None:
+    """The checks made when no validator is installed (see :func:`validate_dataset`)."""
     desc = bids_dir / "dataset_description.json"
-    how = "structural check (bids-validator not installed)"
-    validator = shutil.which("bids-validator")
-    if validator:
-        how = validator
-        try:
-            proc = subprocess.run([validator, str(bids_dir)], capture_output=True, text=True,
-                                  timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SynflowError(f"bids-validator could not run on {bids_dir}: {exc}. "
-                               "Use --skip-bids-validation to skip validation.",
-                               ExitCode.BIDS_INVALID) from exc
-        if proc.returncode != 0:
-            report = (proc.stdout + proc.stderr).strip()
-            raise SynflowError(f"{bids_dir} is not a valid BIDS dataset (bids-validator):\n"
-                               f"{report[-4000:]}\nFix the errors above, or use "
-                               "--skip-bids-validation.", ExitCode.BIDS_INVALID)
-        return how
     if not desc.is_file():
         raise SynflowError(
             f"{bids_dir} is not a BIDS dataset: {desc.name} is missing. Point BIDS_DIR at the "
@@ -89,7 +121,6 @@ def validate_dataset(bids_dir: Path, participants: list[str] | None = None) -> s
     if not any(p.is_dir() for p in bids_dir.glob("sub-*")):
         raise SynflowError(f"{bids_dir} holds no sub-<label> folders: not a BIDS dataset "
                            "root.", ExitCode.BIDS_INVALID)
-    return how
 
 
 def load_filters(path: Path | None) -> dict[str, Any]:
@@ -155,7 +186,7 @@ def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
     """Find and pre-check every DWI series to process (see the module docstring)."""
     sel = Selection()
     on_disk = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
-    wanted = participant_labels or on_disk
+    wanted = on_disk if participant_labels is None else participant_labels
     for label in wanted:
         if label not in on_disk:
             hint = container_mount_hint(bids_dir / f"sub-{label}")
@@ -219,10 +250,22 @@ def _stem(fname: str) -> str:
     return name
 
 
+def _sidecar(layout, dwi: str, kind: str) -> str | None:
+    """The ``.bval``/``.bvec`` file PyBIDS associates with ``dwi`` (inheritance included),
+    or None: pybids 0.22's ``get_bval``/``get_bvec`` raise IndexError when there is none."""
+    if layout is None:
+        return None
+    try:
+        found = getattr(layout, f"get_{kind}")(dwi)
+    except (IndexError, ValueError):
+        return None
+    return str(found) if found else None
+
+
 def check_series(layout, dwi: str, b0_threshold: float
                  ) -> tuple[DWISeries | None, tuple[str, ExitCode] | None]:
     """Header-level checks of one DWI series; ``(series, None)`` or ``(?, (message, code))``."""
-    bval = layout.get_bval(dwi) if layout is not None else None
+    bval = _sidecar(layout, dwi, "bval")
     if not bval:
         guess = str(dwi).replace(".nii.gz", ".bval").replace(".nii", ".bval")
         if Path(guess).is_file():
@@ -232,7 +275,7 @@ def check_series(layout, dwi: str, b0_threshold: float
         return item, (f"{dwi}: no .bval file found (expected {Path(dwi).name.split('.')[0]}"
                       ".bval next to it or inherited from a parent folder); add it.",
                       ExitCode.NO_INPUT)
-    item.bvec_file = (layout.get_bvec(dwi) or None) if layout is not None else None
+    item.bvec_file = _sidecar(layout, dwi, "bvec")
     from synflow.interfaces.bids import build_derivative_name
 
     try:  # output names must exist and be unique before the graph is built

@@ -164,6 +164,15 @@ def check_reference(opts: Namespace) -> tuple[Reference, int]:
     return ref, int(np.prod(shape[:3]))
 
 
+def _validated_participants(opts: Namespace) -> list[str] | None:
+    """The participants the validator checks: the selected ones and the reference one."""
+    labels = opts.participant_label
+    if not labels:
+        return None
+    extra = [opts.reference_participant] if getattr(opts, "reference_participant", None) else []
+    return sorted(set(labels) | set(extra))
+
+
 def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     """Run the participant level; returns the exit code (see :mod:`synflow.cli.errors`)."""
     stream = stream or sys.stdout
@@ -175,7 +184,11 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
 
     from synflow.cli.bids import load_filters, validate_dataset
 
-    validation = "skipped" if opts.skip_bids_validation else validate_dataset(bids_dir)
+    validated = _validated_participants(opts)
+    from synflow.cli.bids import Validation
+
+    validation = (Validation("skipped") if opts.skip_bids_validation
+                  else validate_dataset(bids_dir, validated))
     reference, ref_voxels = check_reference(opts)
     filters = load_filters(opts.bids_filter_file)
 
@@ -192,9 +205,9 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     run_uuid = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4()}"
     (work_dir / run_uuid).mkdir(parents=True, exist_ok=True)
     print(f"synflow {_version()}: {bids_dir} -> {output_dir} (run {run_uuid})", file=stream)
-    print(f"  validation: {validation}; work directory: {work_dir}", file=stream)
+    print(f"  validation: {validation.how}; work directory: {work_dir}", file=stream)
     sel, reference, ref_voxels = _select(opts, bids_dir, work_dir / run_uuid, reference,
-                                         ref_voxels, filters)
+                                         ref_voxels, filters, validation)
     from synflow.cli.context import RunContext
 
     todo = {k: v for k, v in sel.participants.items() if v}
@@ -221,8 +234,10 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
 
 
 def _select(opts: Namespace, bids_dir: Path, run_dir: Path, reference: Reference,
-            ref_voxels: int, filters: dict) -> tuple[Any, Reference, int]:
-    """Index the dataset and pick the series: ``(selection, reference, ref_voxels)``."""
+            ref_voxels: int, filters: dict, validation: Any) -> tuple[Any, Reference, int]:
+    """Index the dataset and pick the series: ``(selection, reference, ref_voxels)``.
+
+    Participants the BIDS validator rejected are reported, not selected."""
     from synflow.cli.bids import check_series, make_layout, select_series
 
     labels = opts.participant_label
@@ -239,8 +254,14 @@ def _select(opts: Namespace, bids_dir: Path, run_dir: Path, reference: Reference
     if not any(p.is_dir() for p in bids_dir.glob("sub-*")):
         raise SynflowError(f"no sub-<label> folders in {bids_dir}: nothing to process.",
                            ExitCode.NO_INPUT)
+    rejected = validation.problems()
+    if rejected:
+        if labels is None:
+            labels = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
+        labels = [lab for lab in labels if lab not in validation.invalid]
     sel = select_series(layout, bids_dir, labels, opts.session_label, filters,
                         opts.b0_threshold)
+    sel.problems[:0] = rejected
     return sel, reference, ref_voxels
 
 
