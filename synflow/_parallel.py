@@ -74,6 +74,13 @@ def _pool(n: int) -> ThreadPoolExecutor:
                               initializer=_mark_worker)
 
 
+# A process forked while a pool exists (Nipype's MultiProc forks its workers) inherits the
+# executors but not their threads: a task submitted there would wait forever.  Forget them
+# in the child; it builds its own on first use.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def _effective_threads(threads: int | None) -> int:
     if getattr(_in_worker, "active", False):
         return 1

@@ -199,3 +199,23 @@ def test_compose_inside_constant_fields():
     # premult halves the displacement first: x + 0.25
     np.testing.assert_allclose(vf.compose_inside(d1 * 2, d2, np.diag([0.25] * 3))[0, :5, 0, 0],
                                2.0)
+
+
+def test_thread_pool_works_in_a_forked_child():
+    """A process forked after synflow's pool was used (Nipype MultiProc forks its workers
+    from a parent that may have run the engine) must not wait on the parent's threads."""
+    import multiprocessing
+
+    from synflow._parallel import run_tasks
+
+    assert run_tasks([lambda: 1, lambda: 2], threads=2) == [1, 2]  # the pool now exists
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_two_tasks_in_child)
+        assert result.get(timeout=60) == [3, 4]
+
+
+def _two_tasks_in_child():
+    from synflow._parallel import run_tasks
+
+    return run_tasks([lambda: 3, lambda: 4], threads=2)
