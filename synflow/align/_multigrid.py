@@ -24,8 +24,9 @@ All fields are component first: ``grad`` and ``disp`` have shape ``(dim,) + shap
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-from scipy import ndimage as ndi
 
 from synflow.align import vector_fields as vf
 
@@ -68,23 +69,44 @@ def neighbour_count(shape: tuple[int, ...]) -> np.ndarray:
     return nn
 
 
-def _cross_kernel(dim: int) -> np.ndarray:
-    k = np.zeros((3,) * dim, dtype=np.float32)
-    for axis in range(dim):
-        for side in (0, 2):
-            idx = [1] * dim
-            idx[axis] = side
-            k[tuple(idx)] = 1
-    return k
+def _add_shifted(out: np.ndarray, a: np.ndarray, axis: int, shift: int) -> None:
+    """``out[i] += a[i + shift]`` along ``axis`` where both indices are inside."""
+    n_out, n_a = out.shape[axis], a.shape[axis]
+    lo = max(0, -shift)
+    hi = min(n_out, n_a - shift)
+    if hi <= lo:
+        return
+    so = [slice(None)] * out.ndim
+    sa = [slice(None)] * a.ndim
+    so[axis] = slice(lo, hi)
+    sa[axis] = slice(lo + shift, hi + shift)
+    out[tuple(so)] += a[tuple(sa)]
 
 
 def neighbour_sum(field: np.ndarray) -> np.ndarray:
     """Sum over the face neighbours inside the grid, per component (zero outside)."""
-    kernel = _cross_kernel(field.ndim - 1)
-    out = np.empty_like(field)
-    for c in range(field.shape[0]):
-        ndi.correlate(field[c], kernel, output=out[c], mode="constant", cval=0.0)
+    out = np.zeros_like(field)
+    for axis in range(1, field.ndim):
+        _add_shifted(out, field, axis, -1)
+        _add_shifted(out, field, axis, 1)
     return out
+
+
+def _parities(dim: int):
+    return list(itertools.product((0, 1), repeat=dim))
+
+
+def _split(a: np.ndarray, dim: int) -> dict:
+    """The ``2**dim`` parity sub-lattices ``a[..., p0::2, p1::2, ...]`` (copies)."""
+    lead = (slice(None),) * (a.ndim - dim)
+    return {p: np.ascontiguousarray(a[lead + tuple(slice(q, None, 2) for q in p)])
+            for p in _parities(dim)}
+
+
+def _merge(blocks: dict, out: np.ndarray, dim: int) -> None:
+    lead = (slice(None),) * (out.ndim - dim)
+    for p, b in blocks.items():
+        out[lead + tuple(slice(q, None, 2) for q in p)] = b
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -92,6 +114,17 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for c in range(1, a.shape[0]):
         out += a[c] * b[c]
     return out
+
+
+def _singular(g: np.ndarray, tau: np.ndarray, nrm2: np.ndarray) -> np.ndarray:
+    """DIPY's near-singularity tests of ``g g^T + tau I`` (pivots below 1e-9)."""
+    if g.shape[0] == 2:
+        return tau * (tau + nrm2) < _EPS
+    a = g[0] * g[0] + tau
+    g01 = g[0] * g[0] + g[1] * g[1]
+    sub_det = tau * (tau + g01)  # a (g1^2 + tau) - (g0 g1)^2
+    f = np.where(sub_det > 0, tau * (tau + nrm2) / np.where(sub_det > 0, tau + g01, 1), 0)
+    return (a < _EPS) | (sub_det < _EPS) | (f < _EPS)
 
 
 class _Level:
@@ -120,8 +153,7 @@ class _Level:
                 s = np.where(infinite, np.float32(0), s)
             sl = s * np.float32(lam)
             tau = sl * nn
-            det = tau ** (dim - 1) * (tau + nrm2)
-            fixed = ~infinite & ((s < _EPS) | (det < _EPS))
+            fixed = ~infinite & ((s < _EPS) | _singular(g, tau, nrm2))
             regular = ~infinite & ~fixed
             inv_tau = np.where(regular, 1.0 / np.where(regular, tau, 1), 0).astype(np.float32)
             w = np.where(regular, inv_tau / np.where(regular, tau + nrm2, 1), 0)
@@ -135,19 +167,41 @@ class _Level:
         self.b_r = np.where(infinite, np.float32(0), b).astype(np.float32)
         self.g_r = np.where(infinite, np.float32(0), g).astype(np.float32)
         self.sl_r = np.where(infinite, np.float32(lam), sl).astype(np.float32)
-        red = np.indices(shape).sum(axis=0) % 2 == 0
-        self.colours = (red, ~red)
+        self._blocks = None
 
-    def sweep(self, disp: np.ndarray) -> None:
-        """One red-black Gauss-Seidel sweep, in place."""
-        for colour in self.colours:
-            S = neighbour_sum(disp)
-            gS = _dot(self.grad, S)
-            for c in range(disp.shape[0]):
-                new = self.a * S[c]
-                new += self.c0[c]
-                new -= self.qg[c] * gS
-                np.copyto(disp[c], new, where=colour)
+    def smooth(self, disp: np.ndarray, sweeps: int) -> None:
+        """``sweeps`` red-black Gauss-Seidel sweeps on ``disp``, in place.
+
+        Works on the parity sub-lattices: a voxel's face neighbours along ``axis`` are in
+        the sub-lattice whose parity differs in that axis only, at index ``a`` and
+        ``a - 1`` (even parity) or ``a`` and ``a + 1`` (odd parity).
+        """
+        if sweeps <= 0:
+            return
+        dim = disp.shape[0]
+        if self._blocks is None:
+            self._blocks = {name: _split(getattr(self, name), dim)
+                            for name in ("a", "c0", "qg", "grad")}
+        blk = self._blocks
+        d = _split(disp, dim)
+        colours = [[p for p in _parities(dim) if sum(p) % 2 == c] for c in (0, 1)]
+        for _ in range(sweeps):
+            for colour in colours:
+                for p in colour:
+                    S = np.zeros_like(d[p])
+                    for axis in range(dim):
+                        q = list(p)
+                        q[axis] = 1 - p[axis]
+                        partner = d[tuple(q)]
+                        _add_shifted(S, partner, axis + 1, 0)
+                        _add_shifted(S, partner, axis + 1, -1 if p[axis] == 0 else 1)
+                    gS = _dot(blk["grad"][p], S)
+                    out = d[p]
+                    for c in range(dim):
+                        np.multiply(blk["a"][p], S[c], out=out[c])
+                        out[c] += blk["c0"][p][c]
+                        out[c] -= blk["qg"][p][c] * gS
+        _merge(d, disp, dim)
 
     def residual(self, disp: np.ndarray) -> np.ndarray:
         """``b - (g g^T + s lam L) d`` per voxel (``-lam L d`` where the variance is inf)."""
@@ -172,8 +226,7 @@ def v_cycle(n: int, k: int, delta: np.ndarray, sigma_sq: np.ndarray | None,
     ``lam``: the smoothness weight on this grid.
     """
     level = _Level(delta, sigma_sq, grad, target, lam)
-    for _ in range(k):
-        level.sweep(disp)
+    level.smooth(disp, k)
     if n > 0:
         sub_target = downsample_field(level.residual(disp))
         sub_sigma = None if sigma_sq is None else downsample(sigma_sq)
@@ -181,8 +234,7 @@ def v_cycle(n: int, k: int, delta: np.ndarray, sigma_sq: np.ndarray | None,
         sub_disp = np.zeros_like(sub_target)
         v_cycle(n - 1, k, None, sub_sigma, sub_grad, sub_target, lam * 0.25, sub_disp)
         disp += vf.upsample_field_2x(sub_disp, disp.shape[1:])
-        for _ in range(k):
-            level.sweep(disp)
+        level.smooth(disp, k)
     d = np.asarray(delta, dtype=np.float32).ravel() if delta is not None else None
     return float(np.dot(d, d)) if d is not None else 0.0
 

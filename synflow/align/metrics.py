@@ -123,6 +123,17 @@ class SimilarityMetric:
             return int(self.levels_below)
         return ops.default_depth(shape)
 
+    def _require_images(self) -> None:
+        for image, what in ((self.static_image, "static image"),
+                            (self.moving_image, "moving image")):
+            if image is None:
+                raise ValueError(f"{type(self).__name__}: set the {what} (set_{what[:-6]}_"
+                                 "image) before initialize_iteration()")
+        if self.static_image.shape != self.moving_image.shape:
+            raise ValueError(f"{type(self).__name__}: the static image {self.static_image.shape}"
+                             f" and moving image {self.moving_image.shape} must be sampled "
+                             "on the same grid")
+
     def _gradients(self) -> None:
         self.gradient_static = ops.world_gradient(self.static_image, self.static_spacing,
                                                   self.static_direction, self.dim)
@@ -233,10 +244,9 @@ class CCMetric(SimilarityMetric):
     # -- DIPY's protocol --------------------------------------------------------------
     def initialize_iteration(self) -> None:
         """Window statistics and world-space gradients of the current image pair."""
+        self._require_images()
         for image, what in ((self.static_image, "static image"),
                             (self.moving_image, "moving image")):
-            if image is None:
-                raise ValueError(f"CCMetric: set the {what} before initialize_iteration()")
             self.check_shape(image.shape, what=what)
         self.factors, self.energy = self.compute_factors(self.static_image, self.moving_image)
         self._gradients()
@@ -339,6 +349,7 @@ class SSDMetric(_StepTypeMetric):
     # -- DIPY's protocol --------------------------------------------------------------
     def initialize_iteration(self) -> None:
         """World-space gradients of the current image pair."""
+        self._require_images()
         self._gradients()
 
     def free_iteration(self) -> None:
@@ -432,7 +443,11 @@ class EMMetric(_StepTypeMetric):
         grad_v = ops.voxel_gradient(np.asarray(image, dtype=np.float32))
         transferred = f.movingq_means_field if forward else f.staticq_means_field
         if self.use_double_gradient:
-            grad_v += ops.voxel_gradient(transferred)
+            # DIPY adds the *voxel* gradient of the transferred image to the world
+            # gradient; in voxel terms that is S grad_v with S = (A^T A)^(1/2) (= A^T on
+            # an axis-aligned grid).
+            grad_v += ops.apply_matrix(ops.sqrt_psd(np.linalg.inv(ginv)),
+                                       ops.voxel_gradient(transferred))
         if self.step_type == "gauss_newton":
             if forward:
                 delta, sigma = f.staticq_means_field - f.moving, f.staticq_sigma_sq_field
@@ -470,9 +485,8 @@ class EMMetric(_StepTypeMetric):
 
     def initialize_iteration(self) -> None:
         """Class statistics, transferred images and (double) world gradients."""
+        self._require_images()
         s, m = self.static_image, self.moving_image
-        if s is None or m is None:
-            raise ValueError("EMMetric: set both images before initialize_iteration()")
         smask = (s > 0) if self.static_image_mask is None else self.static_image_mask
         mmask = (m > 0) if self.moving_image_mask is None else self.moving_image_mask
         self.sampling_mask = (np.asarray(smask) != 0) & (np.asarray(mmask) != 0)
