@@ -16,8 +16,11 @@ Here each sweep is a red-black Gauss-Seidel sweep on whole arrays: the voxels of
 parity of ``sum(index)`` are updated together (their face neighbours all have the other
 parity), then the others.  DIPY sweeps in lexicographic order; both converge to the
 same solution.  Voxels whose variance is infinite take the mean of their neighbours;
-voxels whose variance is below 1e-9, or whose 2x2 / 3x3 system is near-singular
-(determinant below 1e-9), take ``b / |g|**2`` (0 where ``|g|**2 < 1e-9``), as DIPY.
+in 3-D, voxels whose variance is below 1e-9 take ``b / |g|**2`` (0 where ``|g|**2 <
+1e-9``) and voxels whose 3x3 system has a pivot below 1e-9 the mean of their neighbours
+(DIPY keeps the value last solved for, a neighbour's: with ``b / |g|**2`` instead, a
+few huge values dominate the normalised SyN step and EM registers worse); in 2-D, a
+near-singular 2x2 system (determinant below 1e-9) gives ``b / |g|**2``, as DIPY.
 
 All fields are component first: ``grad`` and ``disp`` have shape ``(dim,) + shape``.
 """
@@ -136,7 +139,6 @@ class _Level:
     """
 
     def __init__(self, delta, sigma_sq, grad, target, lam: float):
-        dim = grad.shape[0]
         shape = grad.shape[1:]
         self.grad = g = np.asarray(grad, dtype=np.float32)
         self.nn = nn = neighbour_count(shape)
@@ -153,8 +155,15 @@ class _Level:
                 s = np.where(infinite, np.float32(0), s)
             sl = s * np.float32(lam)
             tau = sl * nn
-            fixed = ~infinite & ((s < _EPS) | _singular(g, tau, nrm2))
-            regular = ~infinite & ~fixed
+            singular = ~infinite & _singular(g, tau, nrm2)
+            if g.shape[0] == 3:
+                # DIPY 3-D: variance < 1e-9 -> b / |g|^2; a singular solve keeps a value
+                # computed for a neighbouring voxel: here, the neighbours' mean.
+                fixed = ~infinite & (s < _EPS)
+                singular &= ~fixed
+            else:
+                fixed, singular = singular, np.zeros_like(singular)
+            regular = ~infinite & ~fixed & ~singular
             inv_tau = np.where(regular, 1.0 / np.where(regular, tau, 1), 0).astype(np.float32)
             w = np.where(regular, inv_tau / np.where(regular, tau + nrm2, 1), 0)
             gb = _dot(g, b)
