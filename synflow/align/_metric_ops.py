@@ -127,3 +127,13 @@ def default_depth(shape) -> int:
         m = (m + 1) // 2
         depth += 1
     return depth
+
+
+def check_positive(name: str, cls: str, value, integer: bool = False, minimum=0) -> None:
+    """Raise ``ValueError`` (naming ``cls`` and ``name``) unless ``value >= minimum``."""
+    ok = np.isscalar(value) and np.isfinite(value) and value >= minimum
+    if integer:
+        ok = ok and int(value) == value
+    if not ok:
+        kind = "an integer" if integer else "a finite value"
+        raise ValueError(f"{cls}: {name} must be {kind} >= {minimum}, got {value!r}")

@@ -7,6 +7,8 @@ dimension.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 
@@ -83,3 +85,24 @@ def em_demons_coefficient(delta: np.ndarray, sigma_sq: np.ndarray, nrm2: np.ndar
         ok = ~infinite & (den != 0)
         coef = np.where(ok, num / np.where(ok, den, 1), 0)
     return coef.astype(np.float32)
+
+
+def em_fields(static: np.ndarray, moving: np.ndarray, mask: np.ndarray, q_levels: int):
+    """Quantise each image and estimate the other image's mean/variance per class.
+
+    Returns DIPY's EMMetric attributes: ``staticq_levels``, ``staticq_means``,
+    ``staticq_variances``, ``staticq_sigma_sq_field``, ``staticq_means_field`` (the
+    moving image's statistics per class of the static image; class 0's mean set to 0)
+    and the same ``movingq_*`` with the roles swapped.  ``mask``: voxels sampled.
+    """
+    out = SimpleNamespace()
+    for name, quantised, other in (("staticq", static, moving), ("movingq", moving, static)):
+        labels, levels, _ = quantize_positive(quantised, q_levels)
+        means, variances = masked_class_stats(mask, other, q_levels, labels)
+        means[0] = 0
+        setattr(out, f"{name}_levels", levels)
+        setattr(out, f"{name}_means", means)
+        setattr(out, f"{name}_variances", variances)
+        setattr(out, f"{name}_sigma_sq_field", variances[labels].astype(np.float32))
+        setattr(out, f"{name}_means_field", means[labels].astype(np.float32))
+    return out

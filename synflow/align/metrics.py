@@ -21,14 +21,12 @@ solver is in :mod:`synflow.align._multigrid`, the EM statistics in
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 from scipy import ndimage as ndi
 
 from synflow._parallel import run_slabs, run_tasks
 from synflow.align import _metric_ops as ops
-from synflow.align._quantize import em_demons_coefficient, masked_class_stats, quantize_positive
+from synflow.align._quantize import em_demons_coefficient, em_fields
 
 #: Local variances (intensities scaled to [0, 1]) below this are treated as zero.
 _VAR_EPS = 1e-10
@@ -43,15 +41,6 @@ def zero_border(field: np.ndarray, width: int = 1) -> None:
         field[tuple(sl)] = 0
         sl[axis] = slice(field.shape[axis] - width, None)
         field[tuple(sl)] = 0
-
-
-def _check_positive(name: str, cls: str, value, integer: bool = False, minimum=0) -> None:
-    ok = np.isscalar(value) and np.isfinite(value) and value >= minimum
-    if integer:
-        ok = ok and int(value) == value
-    if not ok:
-        kind = "an integer" if integer else "a finite value"
-        raise ValueError(f"{cls}: {name} must be {kind} >= {minimum}, got {value!r}")
 
 
 class SimilarityMetric:
@@ -164,8 +153,8 @@ class CCMetric(SimilarityMetric):
 
     def __init__(self, dim: int, *, sigma_diff: float = 2.0, radius: int = 4):
         super().__init__(dim)
-        _check_positive("sigma_diff", "CCMetric", sigma_diff)
-        _check_positive("radius", "CCMetric", radius, integer=True, minimum=1)
+        ops.check_positive("sigma_diff", "CCMetric", sigma_diff)
+        ops.check_positive("radius", "CCMetric", radius, integer=True, minimum=1)
         self.sigma_diff = float(sigma_diff)
         self.radius = int(radius)
 
@@ -278,8 +267,8 @@ class _StepTypeMetric(SimilarityMetric):
         if step_type not in _STEP_TYPES:
             raise ValueError(f"{name}: step_type must be one of {_STEP_TYPES}, "
                              f"got {step_type!r}")
-        _check_positive("smooth", name, smooth)
-        _check_positive("inner_iter", name, inner_iter, integer=True, minimum=1)
+        ops.check_positive("smooth", name, smooth)
+        ops.check_positive("inner_iter", name, inner_iter, integer=True, minimum=1)
         self.smooth = float(smooth)
         self.inner_iter = int(inner_iter)
         self.step_type = step_type
@@ -376,21 +365,6 @@ class SSDMetric(_StepTypeMetric):
         return ops.to_last(ops.smooth_components(g, self.smooth))
 
 
-def _em_fields(static: np.ndarray, moving: np.ndarray, mask: np.ndarray, q_levels: int):
-    """Quantise each image and estimate the other image's mean/variance per class."""
-    out = SimpleNamespace()
-    for name, quantised, other in (("staticq", static, moving), ("movingq", moving, static)):
-        labels, levels, _ = quantize_positive(quantised, q_levels)
-        means, variances = masked_class_stats(mask, other, q_levels, labels)
-        means[0] = 0
-        setattr(out, f"{name}_levels", levels)
-        setattr(out, f"{name}_means", means)
-        setattr(out, f"{name}_variances", variances)
-        setattr(out, f"{name}_sigma_sq_field", variances[labels].astype(np.float32))
-        setattr(out, f"{name}_means_field", means[labels].astype(np.float32))
-    return out
-
-
 class EMMetric(_StepTypeMetric):
     """Expectation-maximisation metric for multi-modal pairs (Arce-Santana et al. 2014).
 
@@ -410,7 +384,7 @@ class EMMetric(_StepTypeMetric):
                  q_levels: int = 256, double_gradient: bool = True,
                  step_type: str = "gauss_newton"):
         super().__init__(dim, smooth, inner_iter, step_type)
-        _check_positive("q_levels", "EMMetric", q_levels, integer=True, minimum=2)
+        ops.check_positive("q_levels", "EMMetric", q_levels, integer=True, minimum=2)
         self.q_levels = int(q_levels)
         self.use_double_gradient = bool(double_gradient)
         self.static_image_mask = self.moving_image_mask = None
@@ -427,7 +401,7 @@ class EMMetric(_StepTypeMetric):
         """EM fields of two images on one grid; energy = mean of the two half energies."""
         static = np.asarray(static, dtype=np.float32)
         moving = np.asarray(moving, dtype=np.float32)
-        f = _em_fields(static, moving, (static > 0) & (moving > 0), self.q_levels)
+        f = em_fields(static, moving, (static > 0) & (moving > 0), self.q_levels)
         if self.step_type == "demons":
             fw, bw = static - f.movingq_means_field, moving - f.staticq_means_field
         else:
@@ -490,7 +464,7 @@ class EMMetric(_StepTypeMetric):
         smask = (s > 0) if self.static_image_mask is None else self.static_image_mask
         mmask = (m > 0) if self.moving_image_mask is None else self.moving_image_mask
         self.sampling_mask = (np.asarray(smask) != 0) & (np.asarray(mmask) != 0)
-        f = _em_fields(s, m, self.sampling_mask, self.q_levels)
+        f = em_fields(s, m, self.sampling_mask, self.q_levels)
         self.__dict__.update(vars(f))
         self._gradients()
         if self.use_double_gradient:
