@@ -173,9 +173,12 @@ class _Level:
             self.c0 = (inv_tau * b - (w * gb) * g + fix_coef * b).astype(np.float32)
             self.qg = ((w * sl) * g).astype(np.float32)
         # residual terms: r = b_r - g_r (g_r . d) - sl_r (nn d - S)
-        self.b_r = np.where(infinite, np.float32(0), b).astype(np.float32)
-        self.g_r = np.where(infinite, np.float32(0), g).astype(np.float32)
-        self.sl_r = np.where(infinite, np.float32(lam), sl).astype(np.float32)
+        if infinite.any():
+            self.b_r = np.where(infinite, np.float32(0), b).astype(np.float32)
+            self.g_r = np.where(infinite, np.float32(0), g).astype(np.float32)
+            self.sl_r = np.where(infinite, np.float32(lam), sl).astype(np.float32)
+        else:  # no copies (memory)
+            self.b_r, self.g_r, self.sl_r = b, g, sl
         self._blocks = None
 
     def smooth(self, disp: np.ndarray, sweeps: int) -> None:
@@ -191,6 +194,7 @@ class _Level:
         if self._blocks is None:
             self._blocks = {name: _split(getattr(self, name), dim)
                             for name in ("a", "c0", "qg", "grad")}
+            self.a = self.c0 = self.qg = None  # only the sub-lattice copies are used
         blk = self._blocks
         d = _split(disp, dim)
         colours = [[p for p in _parities(dim) if sum(p) % 2 == c] for c in (0, 1)]
