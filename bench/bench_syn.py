@@ -14,6 +14,8 @@ Usage:
     python bench/bench_syn.py                 # 2 mm case, DIPY [10,10,5] vs synflow
     python bench/bench_syn.py --grids 2 1     # add the 1 mm grid (slow for DIPY)
     python bench/bench_syn.py --markdown bench/RESULTS_syn.md
+    python bench/bench_syn.py --metric em-gn  # EMMetric, Gauss-Newton step (also cc,
+                                              # ssd-demons, ssd-gn, em-demons)
 """
 
 from __future__ import annotations
@@ -48,8 +50,25 @@ def _reset_peak_rss() -> None:
         fh.write("5")
 
 
+#: ``--metric`` choices: (class name, constructor keywords); the same for both libraries.
+METRICS = {
+    "cc": ("CCMetric", {}),
+    "ssd-demons": ("SSDMetric", {"step_type": "demons"}),
+    "ssd-gn": ("SSDMetric", {"step_type": "gauss_newton"}),
+    "em-demons": ("EMMetric", {"step_type": "demons"}),
+    "em-gn": ("EMMetric", {"step_type": "gauss_newton"}),
+}
+
+
+def _make_metric(module, metric: str, radius: int):
+    name, kwargs = METRICS[metric]
+    if name == "CCMetric":
+        kwargs = dict(kwargs, radius=radius)
+    return getattr(module, name)(3, **kwargs)
+
+
 def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
-            extra: dict, queue) -> None:
+            extra: dict, queue, metric: str = "cc") -> None:
     """Run one registration in this (fresh) process and report time, memory, errors."""
     import warnings
 
@@ -63,11 +82,11 @@ def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
     static, moving = data["static"], data["moving"]
     s_aff, m_aff, prealign = data["static_affine"], data["moving_affine"], data["prealign"]
     if method.startswith("synflow"):
+        from synflow.align import metrics as metric_module
         from synflow.align.imwarp import SymmetricDiffeomorphicRegistration
-        from synflow.align.metrics import CCMetric
     elif method.startswith("dipy"):
+        from dipy.align import metrics as metric_module
         from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
-        from dipy.align.metrics import CCMetric
     elif method.startswith("greedy"):
         from picsl_greedy import Greedy3D  # noqa: F401
     _reset_peak_rss()
@@ -79,7 +98,7 @@ def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
         field = np.zeros(static.shape + (3,))
         elapsed = 0.0
     else:
-        sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=radius),
+        sdr = SymmetricDiffeomorphicRegistration(_make_metric(metric_module, metric, radius),
                                                  level_iters=level_iters, **extra)
         mapping = sdr.optimize(static, moving, static_grid2world=s_aff,
                                moving_grid2world=m_aff, prealign=prealign)
@@ -152,11 +171,12 @@ def _run_greedy(static, moving, s_aff, m_aff, prealign, level_iters, radius):
     return (x + disp) @ prealign[:3, :3].T + prealign[:3, 3], disp
 
 
-def run_method(method, case_file, level_iters, radius=4, extra=None) -> dict:
+def run_method(method, case_file, level_iters, radius=4, extra=None, metric="cc") -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_worker,
-                       args=(method, case_file, level_iters, radius, extra or {}, queue))
+                       args=(method, case_file, level_iters, radius, extra or {}, queue,
+                             metric))
     proc.start()
     result = queue.get()
     proc.join()
@@ -192,6 +212,12 @@ def main(argv=None) -> int:
                     help="run each short method (not the [100, 100, 50] ones) this many "
                          "times, each in a fresh process; report the fastest run and the "
                          "largest peak memory (the machine is shared: noise only adds time)")
+    ap.add_argument("--metric", choices=sorted(METRICS), default="cc",
+                    help="similarity metric of every SyN run, DIPY's and synflow's alike "
+                         "(ssd/em: SSDMetric/EMMetric with the demons or Gauss-Newton step, "
+                         "DIPY's other defaults)")
+    ap.add_argument("--no-recommended", action="store_true",
+                    help="skip synflow's recommended-iterations run")
     ap.add_argument("--markdown", help="write the table to this Markdown file")
     args = ap.parse_args(argv)
 
@@ -200,8 +226,9 @@ def main(argv=None) -> int:
         for vs in args.grids:
             case_file, shape = make_case_file(vs, args.seed, tmp)
             long = any(abs(vs - g) < 1e-6 for g in args.long_grids)
-            plan = [("prealign only", [0]), ("dipy", [10, 10, 5]), ("synflow", [10, 10, 5]),
-                    ("synflow (recommended)", args.recommended)]
+            plan = [("prealign only", [0]), ("dipy", [10, 10, 5]), ("synflow", [10, 10, 5])]
+            if not args.no_recommended:
+                plan.append(("synflow (recommended)", args.recommended))
             if args.dipy_long and long:
                 plan.append(("dipy", [100, 100, 50]))
             if args.greedy:
@@ -210,10 +237,12 @@ def main(argv=None) -> int:
                     plan.append(("greedy", [100, 100, 50]))
             for method, its in plan:
                 runs = 1 if sum(its) > 150 or method == "prealign only" else max(1, args.repeat)
-                trials = [run_method(method, case_file, its) for _ in range(runs)]
+                trials = [run_method(method, case_file, its, metric=args.metric)
+                          for _ in range(runs)]
                 r = min(trials, key=lambda t: t["seconds"])
                 r["peak_mb"] = max(t["peak_mb"] for t in trials)
                 r["runs"] = runs
+                r["metric"] = args.metric
                 r["grid"] = f"{vs:g} mm {shape[0]}x{shape[1]}x{shape[2]}"
                 rows.append(r)
                 print(json.dumps(r), flush=True)
