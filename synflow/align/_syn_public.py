@@ -7,9 +7,9 @@ import numpy as np
 
 from synflow.align._inputs import check_image
 from synflow.align.imwarp import DiffeomorphicMap, SymmetricDiffeomorphicRegistration
-from synflow.align.metrics import CCMetric, SSDMetric
+from synflow.align.metrics import CCMetric, EMMetric, SSDMetric
 
-_METRICS = {"CC": CCMetric, "SSD": SSDMetric}
+_METRICS = {"CC": CCMetric, "EM": EMMetric, "SSD": SSDMetric}
 
 
 def _image_and_affine(img, affine, name: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -32,7 +32,7 @@ def syn_registration(moving, static, *, moving_affine=None, static_affine=None,
     Same signature and defaults as DIPY 1.12 (``level_iters`` defaults to ``[10, 10, 5]``,
     coarsest first; ``prealign`` maps static-world to moving-world mm).  ``moving`` and
     ``static`` may be arrays (with their affines), nibabel images or file names.
-    ``metric`` is 'CC' or 'SSD' (DIPY's 'EM' is not implemented); ``metric_kwargs`` go to
+    ``metric`` is 'CC', 'EM' or 'SSD' (DIPY's choices); ``metric_kwargs`` go to
     the metric's constructor.  An affine given with a nibabel image or path overrides the
     stored one (DIPY's rule); an array without its affine means identity (DIPY raises).
     """

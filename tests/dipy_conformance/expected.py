@@ -16,25 +16,7 @@ from __future__ import annotations
 PENDING = "issue 9, pending"
 PERMANENT = "permanent"
 
-_IMWARP = "align/tests/test_imwarp.py::"
-_NO_DOMAIN = (
-    f"{PENDING}: DiffeomorphicMap without domain_shape cannot transform (DIPY's defaults, "
-    "imwarp helper); the test builds its data with get_synthetic_warped_circle"
-)
-
 EXPECTED_FAILURES: dict[str, str] = {
-    # --- dipy.align.imwarp
-    _IMWARP + "test_ssd_2d_gauss_newton": f"{PENDING}: SSDMetric step_type 'gauss_newton'",
-    _IMWARP + "test_ssd_3d_gauss_newton": _NO_DOMAIN,
-    _IMWARP + "test_em_3d_gauss_newton": _NO_DOMAIN,
-    _IMWARP + "test_em_2d_gauss_newton": _NO_DOMAIN,
-    _IMWARP + "test_em_3d_demons": _NO_DOMAIN,
-    _IMWARP + "test_em_2d_demons": _NO_DOMAIN,
-    # --- dipy.align.metrics
-    "align/tests/test_metrics.py::test_exceptions": f"{PENDING}: metrics.EMMetric",
-    "align/tests/test_metrics.py::test_EMMetric_image_dynamics": f"{PENDING}: metrics.EMMetric",
-    "align/tests/test_metrics.py::test_em_demons_step_2d": f"{PENDING}: metrics.EMMetric",
-    "align/tests/test_metrics.py::test_em_demons_step_3d": f"{PENDING}: metrics.EMMetric",
     # --- dipy.segment.mask
     "segment/tests/test_mask.py::test_median_otsu": (
         f"{PERMANENT}: asserts DIPY's own dipy.utils.deprecator.ArgsDeprecationWarning "
