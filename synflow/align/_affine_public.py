@@ -292,8 +292,11 @@ class _LevelSampledMI(MutualInformationMetric):
             raise ValueError(f"max_samples must be None or >= 1000, got {max_samples!r}")
         self.max_samples = None if max_samples is None else int(max_samples)
 
-    def setup(self, transform, static, moving, static_grid2world=None, moving_grid2world=None,
-              starting_affine=None, static_mask=None, moving_mask=None) -> None:
+    def setup(self, transform: Any, static: np.ndarray, moving: np.ndarray,
+              static_grid2world: np.ndarray | None = None,
+              moving_grid2world: np.ndarray | None = None,
+              starting_affine: np.ndarray | None = None, static_mask: np.ndarray | None = None,
+              moving_mask: np.ndarray | None = None) -> None:
         n = int(np.size(static) if static_mask is None else np.count_nonzero(static_mask))
         self.sampling_proportion = None
         if self.max_samples is not None and n > self.max_samples:

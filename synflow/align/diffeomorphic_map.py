@@ -10,6 +10,7 @@ Internally the kernels of :mod:`synflow.align.vector_fields` work component firs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -109,9 +110,13 @@ class DiffeomorphicMap:
     ``domain_grid2world``, ``codomain_shape``, ``codomain_grid2world``, ``prealign``.
     """
 
-    def __init__(self, dim: int, disp_shape, disp_grid2world=None, domain_shape=None,
-                 domain_grid2world=None, codomain_shape=None, codomain_grid2world=None,
-                 prealign=None):
+    def __init__(self, dim: int, disp_shape: Sequence[int] | np.ndarray | None,
+                 disp_grid2world: Sequence[Sequence[float]] | np.ndarray | None = None,
+                 domain_shape: Sequence[int] | np.ndarray | None = None,
+                 domain_grid2world: Sequence[Sequence[float]] | np.ndarray | None = None,
+                 codomain_shape: Sequence[int] | np.ndarray | None = None,
+                 codomain_grid2world: Sequence[Sequence[float]] | np.ndarray | None = None,
+                 prealign: Sequence[Sequence[float]] | np.ndarray | None = None):
         if dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {dim!r}")
         if disp_shape is None:
