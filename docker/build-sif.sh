@@ -262,7 +262,8 @@ ref="${runs[0]}"
 status=0
 for r in "${runs[@]:1}"; do
     if diff -q "$demo/$ref.sha256" "$demo/$r.sha256" >/dev/null; then
-        echo "$r: all $(wc -l <"$demo/$r.sha256") files byte-identical to $ref"
+        echo "$r: all $(wc -l <"$demo/$r.sha256") files identical to $ref" \
+             "($(grep -c ' raw ' "$demo/$r.sha256") byte for byte, the others after normalising)"
     else
         echo "$r: differs from $ref:"
         diff "$demo/$ref.sha256" "$demo/$r.sha256" | sed 's/^/    /' | head -n 40
