@@ -2,28 +2,38 @@
 
 DIPY resamples each volume with ``scipy.ndimage.affine_transform`` and the diagonal
 matrix ``R = new_zooms / zooms`` (output voxel ``i`` samples input voxel ``R * i``).  That
-transform is separable: along every axis it is the same 1-D operator, linear in the data
-(plus ``cval`` where the sample falls outside, for ``mode='constant'``), and SciPy's 3-D
-result is the tensor product of the three 1-D operators -- the spline prefilter is
-separable and the interpolation weights are products of per-axis weights.
+whole operation -- SciPy's pre-padding (``'nearest'``, ``'grid-constant'``), its spline
+prefilter and its interpolation with its boundary rules -- is linear in the data and in
+``cval`` jointly, and with ``cval = 0`` it is the tensor product of three 1-D operators, one
+per axis (the prefilter is separable, the interpolation weights are products of per-axis
+weights, and "outside" is decided axis by axis).
 
-So each volume is prefiltered once with SciPy's own separable spline filter (``order >= 2``,
-padding as SciPy pads), and each axis's interpolation is computed once, *exactly as SciPy
-computes it*, by running SciPy's own 1-D ``affine_transform`` on the unit vectors; it is
-stored as ``order + 1`` taps (index, weight) per output row.  A volume is then resliced by
-``3 * (order + 1)`` gathers and multiply-adds of whole arrays, in float32 for float32 input
-(float64 otherwise); the volumes of a series run on threads
-(:func:`synflow._parallel.run_tasks`).  Results equal DIPY's to float rounding.
+Fast path (finite data): each axis's operator is a dense ``(n_out, n_in)`` matrix computed
+*exactly as SciPy computes it*, by running SciPy's own 1-D ``affine_transform``
+(``prefilter=True``) on the unit vectors (cached per ``(n_in, n_out, ratio, order, mode)``);
+the three matrices are applied with BLAS matrix products to the whole series at once (the
+volume index rides along as extra columns), in float32 for float32 input (float64
+otherwise).  The ``cval`` term is ``cval`` times the operator applied to a zero volume with
+``cval = 1``, which is ``1 - (1 - g_i) (x) (1 - g_j) (x) (1 - g_k)`` from the 1-D terms ``g``
+(SciPy substitutes ``cval`` for every out-of-bounds tap and the weights sum to one).
+
+Data with NaN or inf take the per-volume path instead (a dense product would spread a NaN
+along the whole line where SciPy's order-0/1 taps keep it local): SciPy's prefilter per
+volume, then each axis's interpolation as ``order + 1`` sparse taps (index, weight), again
+computed by SciPy on the unit vectors; volumes on threads
+(:func:`synflow._parallel.run_tasks`).  Both paths equal DIPY's result to float rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from synflow._parallel import run_tasks
+from synflow._parallel import run_slabs, run_tasks
 from synflow.align.affine_checks import check_affine
 
 __all__ = ["reslice"]
@@ -89,6 +99,195 @@ def _prefilter(vol: np.ndarray, order: int, mode: str, cval: float, work: type) 
     for ax in range(3):
         out = ndi.spline_filter1d(out, order, axis=ax, output=work, mode=mode)
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_matrix(n_in: int, n_out: int, ratio: float, order: int, mode: str) -> np.ndarray:
+    """SciPy's whole 1-D operation along one axis as a dense ``(n_out, n_in)`` float64 matrix.
+
+    Column ``j`` is ``affine_transform(e_j, [ratio], output_shape=(n_out,), order=order,
+    mode=mode, cval=0, prefilter=True)`` -- SciPy's own pre-padding, spline prefilter,
+    interpolation and boundary rules, applied to the unit vector ``e_j``.  Read-only (cached).
+    """
+    kw = dict(matrix=np.array([ratio]), output_shape=(n_out,), order=order, mode=mode,
+              cval=0.0, prefilter=True)
+    mat = np.empty((n_out, n_in), dtype=np.float64)
+    unit = np.zeros(n_in, dtype=np.float64)
+    for j in range(n_in):
+        unit[j] = 1.0
+        mat[:, j] = ndi.affine_transform(unit, **kw)
+        unit[j] = 0.0
+    # the prefilter's weights decay geometrically: those far below rounding of the row's
+    # largest weight change nothing but would be subnormal floats (~100x slower BLAS)
+    mat[np.abs(mat) < _TINY * np.abs(mat).max(axis=1, keepdims=True)] = 0.0
+    mat.flags.writeable = False
+    return mat
+
+
+def _cval_term(shape_in: Sequence[int], shape_out: Sequence[int], ratio: np.ndarray,
+               order: int, mode: str, cval: float) -> np.ndarray | None:
+    """The 3-D operator applied to a zero volume with ``cval`` (``None`` when it is zero).
+
+    Per axis, ``g`` is the 1-D operator on zeros with ``cval = 1`` (the weight SciPy gives
+    to out-of-bounds taps, 1 outside the input); in 3-D a tap is in bounds only when it is
+    in bounds on every axis, so the term is ``cval * (1 - (1-g_i)(x)(1-g_j)(x)(1-g_k))``.
+    """
+    if cval == 0 or mode not in ("constant", "grid-constant"):
+        return None
+    inside = []
+    for n_in, n_out, r in zip(shape_in, shape_out, ratio, strict=True):
+        g = ndi.affine_transform(np.zeros(n_in, dtype=np.float64), np.array([float(r)]),
+                                 output_shape=(int(n_out),), order=order, mode=mode,
+                                 cval=1.0, prefilter=True)
+        inside.append(1.0 - g)
+    term = 1.0 - np.einsum("i,j,k->ijk", *inside)
+    return None if not np.any(term) else cval * term
+
+
+def _axis_operator(n_in: int, n_out: int, ratio: float, order: int, mode: str,
+                   work: type) -> tuple[np.ndarray, ...]:
+    """One axis's operator in ``work``: ``(mat,)`` dense, or ``(idx, w)`` taps when sparse.
+
+    Orders 0 and 1 have at most two non-zero weights per row (no prefilter): those rows
+    are applied as gathers of the non-zero columns, which also keeps SciPy's order-0
+    selection exact; higher orders are dense (the prefilter is global) and go to BLAS.
+    """
+    mat = _axis_matrix(n_in, n_out, ratio, order, mode)
+    ntap = max(1, int((mat != 0).sum(axis=1).max()))
+    if ntap > _MAX_TAPS:
+        return (mat.astype(work),)
+    idx = np.argsort(mat == 0, axis=1, kind="stable")[:, :ntap]  # non-zero columns first
+    return idx, np.take_along_axis(mat, idx, axis=1).astype(work)
+
+
+#: Weights below this fraction of their row's largest are dropped (see _axis_matrix).
+_TINY = 1e-24
+
+#: Rows with more non-zero weights than this are applied as a dense matrix product.
+_MAX_TAPS = 4
+
+
+def _gemm(mat: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """``out[p] = mat @ x[p]`` for ``x`` of shape ``(P, n, Q)`` (serial BLAS per slab)."""
+    np.matmul(mat, x, out=out)
+
+
+def _gather(idx: np.ndarray, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """``out[p, r] = sum_k w[r, k] * x[p, idx[r, k]]`` for ``x`` of shape ``(P, n, Q)``."""
+    np.take(x, idx[:, 0], axis=1, out=out)
+    if np.any(w[:, 0] != 1):  # (order 0 and on-grid samples: a plain copy)
+        out *= w[None, :, 0, None]
+    for k in range(1, idx.shape[1]):
+        tap = np.take(x, idx[:, k], axis=1)
+        tap *= w[None, :, k, None]
+        out += tap
+
+
+def _apply_axis(x: np.ndarray, op: tuple[np.ndarray, ...], axis: int) -> np.ndarray:
+    """One axis's operator along axis ``axis`` of the C-contiguous ``x``, on slabs/threads.
+
+    ``x`` is viewed as ``(pre, n, post)``; slabs cut ``pre`` (when ``pre`` is 1: the
+    columns of the one product, or the output rows of the gathers); each slab runs serial
+    BLAS or gathers on synflow's threads.
+    """
+    shape = x.shape
+    n_out = op[0].shape[0]
+    pre, post = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
+    x3 = x.reshape(pre, shape[axis], post)
+    out = np.empty((pre, n_out, post), dtype=x.dtype)
+    if pre > 1:
+        kernel = _gemm if len(op) == 1 else _gather
+        run_slabs(lambda a, b: kernel(*op, x3[a:b], out[a:b]), pre, max_slabs=16)
+    elif len(op) == 1:  # one product: column blocks (strided views are BLAS-able)
+        run_slabs(lambda a, b: np.matmul(op[0], x3[0, :, a:b], out=out[0, :, a:b]), post,
+                  min_slab=4096, max_slabs=8)
+    else:  # gathers: cut the output rows, each slab reads only its rows
+        run_slabs(lambda a, b: _gather(op[0][a:b], op[1][a:b], x3, out[:, a:b]), n_out,
+                  max_slabs=8)
+    return out.reshape(shape[:axis] + (n_out,) + shape[axis + 1:])
+
+
+def _serial_blas():
+    """Context: BLAS on one thread (synflow's threads split the work; nested BLAS threads
+    on a loaded machine were measured ~10x slower for these mid-sized products)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _reslice_dense(data: np.ndarray, new_shape: tuple[int, ...], ratio: np.ndarray,
+                   order: int, mode: str, cval: float, work: type) -> np.ndarray:
+    """The fast path: three BLAS products per chunk of volumes, in ``work``; ``work`` result.
+
+    The series is taken in whichever layout is contiguous (C: volumes last; F: transposed,
+    volumes first), so no volume is ever copied out of a strided view.
+    """
+    series = data if data.ndim == 4 else data[..., None]
+    fortran = not series.flags.c_contiguous and series.flags.f_contiguous
+    x = series.T if fortran else np.ascontiguousarray(series)  # C-contiguous either way
+    sp = (3, 2, 1) if fortran else (0, 1, 2)  # position of spatial axis 0, 1, 2 in x
+    ops = [_axis_operator(data.shape[ax], new_shape[ax], float(ratio[ax]), order, mode, work)
+           for ax in range(3)]
+    # cheapest order: each product costs n_out * n_in * (rest of the array)
+    axes = sorted(range(3), key=lambda ax: new_shape[ax] / data.shape[ax])
+    nvol = series.shape[3]
+    per_vol = max(1, int(np.prod(data.shape[:3])) * np.dtype(work).itemsize)
+    step = max(1, min(nvol, (512 << 20) // per_vol))  # <= ~512 MiB of input per chunk
+    chunks = []
+    for t0 in range(0, nvol, step):
+        if fortran:
+            out = x[t0:t0 + step]
+        else:
+            out = x if step >= nvol else np.ascontiguousarray(x[..., t0:t0 + step])
+        out = np.ascontiguousarray(out, dtype=work)
+        with _serial_blas():
+            for ax in axes:
+                out = _apply_axis(out, ops[ax], sp[ax])
+        chunks.append(out)
+    res = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0 if fortran else 3)
+    res = res.T if fortran else res
+    term = _cval_term(data.shape[:3], new_shape, ratio, order, mode, cval)
+    if term is not None:
+        res += term.astype(work)[..., None]
+    return res if data.ndim == 4 else res[..., 0]
+
+
+def _reslice_taps(data: np.ndarray, new_shape: tuple[int, ...], ratio: np.ndarray,
+                  order: int, mode: str, cval: float, work: type) -> np.ndarray:
+    """The per-volume path (SciPy's prefilter, then sparse taps), volumes on threads."""
+    spline = order > 1
+    npad = _NPAD if spline and mode in _PREPAD_MODES else 0
+    taps = []
+    for ax in range(3):
+        idx, w, b = _axis_taps(data.shape[ax] + 2 * npad, new_shape[ax], float(ratio[ax]),
+                               order, mode, cval, npad)
+        taps.append((idx, w.astype(work), b.astype(work)))
+    # shrinking axes first keeps the intermediate arrays small
+    axes = sorted(range(3), key=lambda ax: new_shape[ax] / data.shape[ax])
+    src = data[..., None] if data.ndim == 3 else data
+    res = np.empty(new_shape + src.shape[3:], dtype=work)
+
+    def task(t: int) -> None:
+        out = _prefilter(src[..., t], order, mode, cval, work) if spline else np.asarray(
+            src[..., t], dtype=work)
+        for ax in axes:
+            out = _apply_taps(out, *taps[ax], ax)
+        res[..., t] = out
+
+    run_tasks([lambda t=t: task(t) for t in range(src.shape[3])])
+    return res if data.ndim == 4 else res[..., 0]
+
+
+def _to_dtype(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``res`` in ``dtype``; integers rounded half away from zero and clipped, as SciPy."""
+    if not np.issubdtype(dtype, np.integer):
+        return res if res.dtype == dtype else res.astype(dtype)
+    res = np.where(res < 0, np.ceil(res - 0.5), np.floor(res + 0.5))
+    info = np.iinfo(dtype)
+    np.clip(res, info.min, info.max, out=res)
+    return res.astype(dtype)
 
 
 def _check_zooms(z: Sequence[float], name: str) -> np.ndarray:
@@ -161,36 +360,10 @@ def reslice(data: np.ndarray, affine: np.ndarray, zooms: Sequence[float],
     # float32 data is resliced in float32; float64 and integer data in float64 (integer
     # outputs are rounded half away from zero, as scipy.ndimage does)
     work = np.float32 if data.dtype == np.float32 else np.float64
-    spline = int(order) > 1
-    npad = _NPAD if spline and mode in _PREPAD_MODES else 0
-    taps = []
-    for ax in range(3):
-        idx, w, b = _axis_taps(data.shape[ax] + 2 * npad, new_shape[ax], float(ratio[ax]),
-                               int(order), mode, cval, npad)
-        taps.append((idx, w.astype(work), b.astype(work)))
-    # shrinking axes first keeps the intermediate arrays small
-    axes = sorted(range(3), key=lambda ax: new_shape[ax] / data.shape[ax])
-
-    def one(vol: np.ndarray) -> np.ndarray:
-        out = _prefilter(vol, int(order), mode, cval, work) if spline else np.asarray(
-            vol, dtype=work)
-        for ax in axes:
-            out = _apply_taps(out, *taps[ax], ax)
-        return out
-
-    out = np.empty(new_shape + data.shape[3:], dtype=data.dtype)
-    dst = out[..., None] if data.ndim == 3 else out
-    src = data[..., None] if data.ndim == 3 else data
-
-    def task(t: int) -> None:
-        res = one(src[..., t])
-        if np.issubdtype(data.dtype, np.integer):  # scipy rounds half away from zero, clips
-            res = np.where(res < 0, np.ceil(res - 0.5), np.floor(res + 0.5))
-            info = np.iinfo(data.dtype)
-            np.clip(res, info.min, info.max, out=res)
-        dst[..., t] = res
-
-    run_tasks([lambda t=t: task(t) for t in range(src.shape[3])])
+    finite = np.issubdtype(data.dtype, np.integer) or bool(np.isfinite(data.sum()))
+    path = _reslice_dense if finite else _reslice_taps
+    out = _to_dtype(path(data, new_shape, ratio, int(order), mode, float(cval), work),
+                    data.dtype)
     rx = np.eye(4)
     rx[:3, :3] = np.diag(ratio)
     return out, aff @ rx
