@@ -31,6 +31,7 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sps
 from scipy import ndimage as ndi
 
 from synflow._parallel import run_slabs, run_tasks
@@ -145,19 +146,17 @@ def _cval_term(shape_in: Sequence[int], shape_out: Sequence[int], ratio: np.ndar
 
 
 def _axis_operator(n_in: int, n_out: int, ratio: float, order: int, mode: str,
-                   work: type) -> tuple[np.ndarray, ...]:
-    """One axis's operator in ``work``: ``(mat,)`` dense, or ``(idx, w)`` taps when sparse.
+                   work: type) -> np.ndarray | sps.csr_array:
+    """One axis's operator in ``work``: a dense matrix, or a CSR matrix when sparse.
 
-    Orders 0 and 1 have at most two non-zero weights per row (no prefilter): those rows
-    are applied as gathers of the non-zero columns, which also keeps SciPy's order-0
-    selection exact; higher orders are dense (the prefilter is global) and go to BLAS.
+    Orders 0 and 1 have at most two non-zero weights per row (no prefilter): only those
+    weights are used (which also keeps SciPy's order-0 selection exact); higher orders are
+    dense (the prefilter is global) and go to BLAS.
     """
-    mat = _axis_matrix(n_in, n_out, ratio, order, mode)
-    ntap = max(1, int((mat != 0).sum(axis=1).max()))
-    if ntap > _MAX_TAPS:
-        return (mat.astype(work),)
-    idx = np.argsort(mat == 0, axis=1, kind="stable")[:, :ntap]  # non-zero columns first
-    return idx, np.take_along_axis(mat, idx, axis=1).astype(work)
+    mat = _axis_matrix(n_in, n_out, ratio, order, mode).astype(work)
+    if int((mat != 0).sum(axis=1).max()) > _MAX_TAPS:
+        return mat
+    return sps.csr_array(mat)
 
 
 #: Weights below this fraction of their row's largest are dropped (see _axis_matrix).
@@ -167,43 +166,37 @@ _TINY = 1e-24
 _MAX_TAPS = 4
 
 
-def _gemm(mat: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """``out[p] = mat @ x[p]`` for ``x`` of shape ``(P, n, Q)`` (serial BLAS per slab)."""
-    np.matmul(mat, x, out=out)
-
-
-def _gather(idx: np.ndarray, w: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """``out[p, r] = sum_k w[r, k] * x[p, idx[r, k]]`` for ``x`` of shape ``(P, n, Q)``."""
-    np.take(x, idx[:, 0], axis=1, out=out)
-    if np.any(w[:, 0] != 1):  # (order 0 and on-grid samples: a plain copy)
-        out *= w[None, :, 0, None]
-    for k in range(1, idx.shape[1]):
-        tap = np.take(x, idx[:, k], axis=1)
-        tap *= w[None, :, k, None]
-        out += tap
-
-
-def _apply_axis(x: np.ndarray, op: tuple[np.ndarray, ...], axis: int) -> np.ndarray:
+def _apply_axis(x: np.ndarray, op: np.ndarray | sps.csr_array, axis: int) -> np.ndarray:
     """One axis's operator along axis ``axis`` of the C-contiguous ``x``, on slabs/threads.
 
-    ``x`` is viewed as ``(pre, n, post)``; slabs cut ``pre`` (when ``pre`` is 1: the
-    columns of the one product, or the output rows of the gathers); each slab runs serial
-    BLAS or gathers on synflow's threads.
+    ``x`` is viewed as ``(pre, n, post)``: ``out[p] = op @ x[p]``.  Dense operators: serial
+    BLAS per slab of ``pre`` (or per block of columns when ``pre`` is 1; strided views are
+    BLAS-able); sparse ones: SciPy's CSR products (one multiply-add pass per weight).
     """
     shape = x.shape
-    n_out = op[0].shape[0]
+    n_out = op.shape[0]
     pre, post = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
     x3 = x.reshape(pre, shape[axis], post)
     out = np.empty((pre, n_out, post), dtype=x.dtype)
-    if pre > 1:
-        kernel = _gemm if len(op) == 1 else _gather
-        run_slabs(lambda a, b: kernel(*op, x3[a:b], out[a:b]), pre, max_slabs=16)
-    elif len(op) == 1:  # one product: column blocks (strided views are BLAS-able)
-        run_slabs(lambda a, b: np.matmul(op[0], x3[0, :, a:b], out=out[0, :, a:b]), post,
+    if sps.issparse(op):
+        if post == 1:
+            out[:, :, 0] = (op @ x3[:, :, 0].T).T
+        elif pre == 1:  # slabs of output rows, each reads only its input rows
+            def rows(a: int, b: int) -> None:
+                out[0, a:b] = op[a:b] @ x3[0]
+
+            run_slabs(rows, n_out, max_slabs=8)
+        else:
+            def sparse(a: int, b: int) -> None:
+                for p in range(a, b):
+                    out[p] = op @ x3[p]
+
+            run_slabs(sparse, pre, max_slabs=16)
+    elif pre > 1:
+        run_slabs(lambda a, b: np.matmul(op, x3[a:b], out=out[a:b]), pre, max_slabs=16)
+    else:
+        run_slabs(lambda a, b: np.matmul(op, x3[0, :, a:b], out=out[0, :, a:b]), post,
                   min_slab=4096, max_slabs=8)
-    else:  # gathers: cut the output rows, each slab reads only its rows
-        run_slabs(lambda a, b: _gather(op[0][a:b], op[1][a:b], x3, out[:, a:b]), n_out,
-                  max_slabs=8)
     return out.reshape(shape[:axis] + (n_out,) + shape[axis + 1:])
 
 
@@ -219,34 +212,41 @@ def _serial_blas():
 
 def _reslice_dense(data: np.ndarray, new_shape: tuple[int, ...], ratio: np.ndarray,
                    order: int, mode: str, cval: float, work: type) -> np.ndarray:
-    """The fast path: three BLAS products per chunk of volumes, in ``work``; ``work`` result.
+    """The fast path: the three axis operators on the whole series, in ``work``.
 
     The series is taken in whichever layout is contiguous (C: volumes last; F: transposed,
-    volumes first), so no volume is ever copied out of a strided view.
+    volumes first), so no volume is ever copied out of a strided view.  The outermost
+    axis of that layout is cut into slabs run on threads, each slab carried through all
+    three operators (small intermediates, no page faults on big fresh arrays): in F layout
+    the slabs are volumes; in C layout they are output rows of axis 0 -- computed per slab
+    from the rows they need when sparse, by one column-blocked product when dense.
     """
     series = data if data.ndim == 4 else data[..., None]
     fortran = not series.flags.c_contiguous and series.flags.f_contiguous
-    x = series.T if fortran else np.ascontiguousarray(series)  # C-contiguous either way
+    x = series.T if fortran else series
+    x = np.ascontiguousarray(x, dtype=work)  # C-contiguous either way
     sp = (3, 2, 1) if fortran else (0, 1, 2)  # position of spatial axis 0, 1, 2 in x
     ops = [_axis_operator(data.shape[ax], new_shape[ax], float(ratio[ax]), order, mode, work)
            for ax in range(3)]
-    # cheapest order: each product costs n_out * n_in * (rest of the array)
-    axes = sorted(range(3), key=lambda ax: new_shape[ax] / data.shape[ax])
-    nvol = series.shape[3]
-    per_vol = max(1, int(np.prod(data.shape[:3])) * np.dtype(work).itemsize)
-    step = max(1, min(nvol, (512 << 20) // per_vol))  # <= ~512 MiB of input per chunk
-    chunks = []
-    for t0 in range(0, nvol, step):
-        if fortran:
-            out = x[t0:t0 + step]
-        else:
-            out = x if step >= nvol else np.ascontiguousarray(x[..., t0:t0 + step])
-        out = np.ascontiguousarray(out, dtype=work)
-        with _serial_blas():
-            for ax in axes:
-                out = _apply_axis(out, ops[ax], sp[ax])
-        chunks.append(out)
-    res = chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0 if fortran else 3)
+    rest = [2, 1, 0] if fortran else [1, 2]  # axes applied per slab, outermost first
+    with _serial_blas():
+        first = fortran or not sps.issparse(ops[0])  # slabs start from x's own rows
+        if not fortran and first:
+            x = _apply_axis(x, ops[0], 0)
+        n_slab = x.shape[0] if first else new_shape[0]
+        res = np.empty((n_slab,) + tuple(new_shape[ax] for ax in rest) if fortran else
+                       tuple(new_shape) + (x.shape[3],), dtype=work)
+
+        def slab(a: int, b: int) -> None:
+            if first:
+                z = x[a:b]
+            else:
+                z = (ops[0][a:b] @ x.reshape(x.shape[0], -1)).reshape((b - a,) + x.shape[1:])
+            for ax in rest:
+                z = _apply_axis(z, ops[ax], sp[ax])
+            res[a:b] = z
+
+        run_slabs(slab, n_slab, max_slabs=32)
     res = res.T if fortran else res
     term = _cval_term(data.shape[:3], new_shape, ratio, order, mode, cval)
     if term is not None:
