@@ -17,11 +17,16 @@ otherwise).  The ``cval`` term is ``cval`` times the operator applied to a zero 
 ``cval = 1``, which is ``1 - (1 - g_i) (x) (1 - g_j) (x) (1 - g_k)`` from the 1-D terms ``g``
 (SciPy substitutes ``cval`` for every out-of-bounds tap and the weights sum to one).
 
-Data with NaN or inf take the per-volume path instead (a dense product would spread a NaN
-along the whole line where SciPy's order-0/1 taps keep it local): SciPy's prefilter per
-volume, then each axis's interpolation as ``order + 1`` sparse taps (index, weight), again
-computed by SciPy on the unit vectors; volumes on threads
-(:func:`synflow._parallel.run_tasks`).  Both paths equal DIPY's result to float rounding.
+Orders 0 and 1 have at most two non-zero weights per row: those operators are applied as
+CSR products (one multiply-add pass per weight).  The outermost axis of the series' layout
+is cut into slabs run on threads (BLAS on one thread inside them: nested BLAS threads were
+measured several times slower on a loaded 2-core machine), each slab carried through all
+three operators.  Weights below ``1e-24`` of their row's largest are dropped (they change
+nothing and would be subnormal floats, ~100x slower in BLAS).
+
+Data with NaN or inf are resliced by DIPY's own computation (SciPy per volume, volumes on
+threads): how far a NaN spreads is decided by SciPy's per-volume filters, which a product
+with zero weights would not reproduce.  Results equal DIPY's to float rounding.
 """
 
 from __future__ import annotations
@@ -41,65 +46,6 @@ __all__ = ["reslice"]
 
 _MODES = ("constant", "nearest", "reflect", "wrap", "mirror", "grid-constant",
           "grid-mirror", "grid-wrap")
-
-
-#: Modes for which scipy pads the input before the spline prefilter (``_prepad_for_spline_filter``).
-_PREPAD_MODES = ("nearest", "grid-constant")
-_NPAD = 12
-
-
-def _axis_taps(n_in: int, n_out: int, ratio: float, order: int, mode: str, cval: float,
-               npad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SciPy's 1-D interpolation along one axis as taps: ``(idx, w, b)``.
-
-    ``T(c)[r] = sum_k w[r, k] * c[idx[r, k]] + b[r]`` equals
-    ``affine_transform(c, [ratio], offset=npad, output_shape=(n_out,), prefilter=False)``
-    for any coefficient vector ``c`` of length ``n_in`` (computed on the unit vectors, so
-    every boundary rule is SciPy's own); ``b`` holds ``cval`` outside the input.
-    """
-    kw = dict(matrix=np.array([ratio]), offset=float(npad), output_shape=(n_out,),
-              order=order, mode=mode, prefilter=False)
-    w = np.empty((n_out, n_in), dtype=np.float64)
-    unit = np.zeros(n_in, dtype=np.float64)
-    for j in range(n_in):
-        unit[j] = 1.0
-        w[:, j] = ndi.affine_transform(unit, cval=0.0, **kw)
-        unit[j] = 0.0
-    b = ndi.affine_transform(np.zeros(n_in, dtype=np.float64), cval=float(cval), **kw)
-    ntap = max(1, int((w != 0).sum(axis=1).max()))
-    idx = np.argsort(w == 0, axis=1, kind="stable")[:, :ntap]  # non-zero columns first
-    return idx, np.take_along_axis(w, idx, axis=1), b
-
-
-def _apply_taps(vol: np.ndarray, idx: np.ndarray, w: np.ndarray, b: np.ndarray,
-                axis: int) -> np.ndarray:
-    """``T`` along ``axis`` of a 3-D array: a few gathers and multiply-adds."""
-    shape = [1, 1, 1]
-    shape[axis] = -1
-    out = np.take(vol, idx[:, 0], axis=axis)
-    out *= w[:, 0].reshape(shape)
-    for k in range(1, idx.shape[1]):
-        tap = np.take(vol, idx[:, k], axis=axis)
-        tap *= w[:, k].reshape(shape)
-        out += tap
-    if np.any(b):
-        out += b.reshape(shape)
-    return out
-
-
-def _prefilter(vol: np.ndarray, order: int, mode: str, cval: float, work: type) -> np.ndarray:
-    """SciPy's spline prefilter of ``affine_transform`` (padding included), in ``work``.
-
-    (A NumPy recursive filter with a low-rank boundary correction was measured slower
-    than SciPy's ``spline_filter1d`` on every axis, so SciPy's filter is used.)
-    """
-    if mode in _PREPAD_MODES:
-        vol = np.pad(vol, _NPAD, mode="edge") if mode == "nearest" else np.pad(
-            vol, _NPAD, mode="constant", constant_values=cval)
-    out = np.asarray(vol, dtype=work)
-    for ax in range(3):
-        out = ndi.spline_filter1d(out, order, axis=ax, output=work, mode=mode)
-    return out
 
 
 @functools.lru_cache(maxsize=32)
@@ -254,27 +200,18 @@ def _reslice_dense(data: np.ndarray, new_shape: tuple[int, ...], ratio: np.ndarr
     return res if data.ndim == 4 else res[..., 0]
 
 
-def _reslice_taps(data: np.ndarray, new_shape: tuple[int, ...], ratio: np.ndarray,
-                  order: int, mode: str, cval: float, work: type) -> np.ndarray:
-    """The per-volume path (SciPy's prefilter, then sparse taps), volumes on threads."""
-    spline = order > 1
-    npad = _NPAD if spline and mode in _PREPAD_MODES else 0
-    taps = []
-    for ax in range(3):
-        idx, w, b = _axis_taps(data.shape[ax] + 2 * npad, new_shape[ax], float(ratio[ax]),
-                               order, mode, cval, npad)
-        taps.append((idx, w.astype(work), b.astype(work)))
-    # shrinking axes first keeps the intermediate arrays small
-    axes = sorted(range(3), key=lambda ax: new_shape[ax] / data.shape[ax])
+def _reslice_scipy(data: np.ndarray, new_shape: tuple[int, ...], ratio: np.ndarray,
+                   order: int, mode: str, cval: float) -> np.ndarray:
+    """DIPY's own computation (SciPy's ``affine_transform`` per volume), volumes on threads.
+
+    Used for data with NaN or inf, whose spread SciPy's per-volume filters decide.
+    """
     src = data[..., None] if data.ndim == 3 else data
-    res = np.empty(new_shape + src.shape[3:], dtype=work)
+    res = np.empty(new_shape + src.shape[3:], dtype=data.dtype)
 
     def task(t: int) -> None:
-        out = _prefilter(src[..., t], order, mode, cval, work) if spline else np.asarray(
-            src[..., t], dtype=work)
-        for ax in axes:
-            out = _apply_taps(out, *taps[ax], ax)
-        res[..., t] = out
+        res[..., t] = ndi.affine_transform(src[..., t], np.diag(ratio), output_shape=new_shape,
+                                           order=order, mode=mode, cval=cval)
 
     run_tasks([lambda t=t: task(t) for t in range(src.shape[3])])
     return res if data.ndim == 4 else res[..., 0]
@@ -361,9 +298,11 @@ def reslice(data: np.ndarray, affine: np.ndarray, zooms: Sequence[float],
     # outputs are rounded half away from zero, as scipy.ndimage does)
     work = np.float32 if data.dtype == np.float32 else np.float64
     finite = np.issubdtype(data.dtype, np.integer) or bool(np.isfinite(data.sum()))
-    path = _reslice_dense if finite else _reslice_taps
-    out = _to_dtype(path(data, new_shape, ratio, int(order), mode, float(cval), work),
-                    data.dtype)
+    if finite:
+        out = _to_dtype(_reslice_dense(data, new_shape, ratio, int(order), mode, float(cval),
+                                       work), data.dtype)
+    else:
+        out = _reslice_scipy(data, new_shape, ratio, int(order), mode, float(cval))
     rx = np.eye(4)
     rx[:3, :3] = np.diag(ratio)
     return out, aff @ rx
