@@ -108,6 +108,9 @@ def _axis_operator(n_in: int, n_out: int, ratio: float, order: int, mode: str,
 #: Weights below this fraction of their row's largest are dropped (see _axis_matrix).
 _TINY = 1e-24
 
+#: Sparse products on rows shorter than this run on the transposed array (one call).
+_SHORT_ROWS = 256
+
 #: Rows with more non-zero weights than this are applied as a dense matrix product.
 _MAX_TAPS = 4
 
@@ -125,8 +128,9 @@ def _apply_axis(x: np.ndarray, op: np.ndarray | sps.csr_array, axis: int) -> np.
     x3 = x.reshape(pre, shape[axis], post)
     out = np.empty((pre, n_out, post), dtype=x.dtype)
     if sps.issparse(op):
-        if post == 1:
-            out[:, :, 0] = (op @ x3[:, :, 0].T).T
+        if post < _SHORT_ROWS:  # short rows: one product on the transposed array
+            flat = np.ascontiguousarray(x3.transpose(1, 0, 2)).reshape(shape[axis], -1)
+            out[...] = (op @ flat).reshape(n_out, pre, post).transpose(1, 0, 2)
         elif pre == 1:  # slabs of output rows, each reads only its input rows
             def rows(a: int, b: int) -> None:
                 out[0, a:b] = op[a:b] @ x3[0]
