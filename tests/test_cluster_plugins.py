@@ -401,6 +401,14 @@ def test_container_mount_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert f"-B /host/path/to/data:{missing}:ro" in hint
     monkeypatch.chdir(tmp_path)
     assert str(tmp_path / "rel") in container_mount_hint("rel")
+    # the work and output directories: writable binds, no ':ro', '..' resolved
+    hint = container_mount_hint("/out/../work", "work")
+    assert hint.startswith("\n/work ")
+    assert ":ro" not in hint.replace("/data:ro", "").replace("no ':ro'", "")
+    assert "-v /host/path/to/work:/work" in hint and "participant -w /work" in hint
+    assert "-B /host/path/to/out:/out" in container_mount_hint("/out", "output")
+    with pytest.raises(ValueError, match="role"):
+        container_mount_hint("/x", "scratch")
 
 
 # --------------------------------------------------------------------------------------------

@@ -128,8 +128,9 @@ def _make_dir(path: Path, what: str) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
+        role = "work" if what.startswith("work") else "output"
         raise SynflowError(f"cannot create or write the {what} {path}: {exc.strerror or exc}. "
-                           f"Choose a writable folder.{container_mount_hint(path)}",
+                           f"Choose a writable folder.{container_mount_hint(path, role)}",
                            ExitCode.CANT_CREATE) from exc
 
 
