@@ -15,7 +15,9 @@ trap 'rm -rf "$work"' EXIT
 "$py" - "$work/direct.txt" <<'PY'
 import re, sys, tomllib
 from importlib.metadata import PackageNotFoundError, version
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+# the image ships the BIDS validator too (the 'validator' extra)
+deps = project["dependencies"] + project["optional-dependencies"]["validator"]
 out = []
 for spec in deps:
     name = re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]
