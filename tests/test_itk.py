@@ -29,6 +29,7 @@ import nitransforms.linear  # noqa: E402
 import nitransforms.manip  # noqa: E402
 import nitransforms.nonlinear  # noqa: E402
 import nitransforms.resampling  # noqa: E402, F401
+from _oblique import apply, oblique_case, rot, world  # noqa: E402
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # nitransforms warns when a chain loaded from an .h5 has no reference; we always pass one.
@@ -36,61 +37,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:Reference space not set:UserWarn
 
 
 # ----------------------------------------------------------------------------- case
-def _rot(axis, deg):
-    t = np.deg2rad(deg)
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(4)
-    r[i, i] = r[j, j] = np.cos(t)
-    r[i, j], r[j, i] = -np.sin(t), np.sin(t)
-    return r
-
-
-def _grid(shape, zooms, rot, center):
-    a = rot.copy()
-    a[:3, :3] = rot[:3, :3] @ np.diag(zooms)
-    a[:3, 3] = center - a[:3, :3] @ ((np.array(shape) - 1) / 2)
-    return a
-
-
-def _world(shape, affine):
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    return ijk @ affine[:3, :3].T + affine[:3, 3]
-
-
-def _blobs(x):
-    centers = [(0, 0, 0), (12, -8, 5), (-10, 10, -6), (6, 12, 10), (-8, -12, 8)]
-    out = 0.0
-    for c, w, s in zip(centers, (1.0, 0.8, 0.6, 0.9, 0.7), (14, 7, 8, 6, 7), strict=True):
-        out = out + w * np.exp(-np.sum((x - np.array(c)) ** 2, -1) / (2 * s**2))
-    return out.astype(np.float32)
-
-
-def _apply(a, x):
-    return x @ a[:3, :3].T + a[:3, 3]
 
 
 @pytest.fixture(scope="module")
 def case():
     """SyN of two oblique volumes on different grids, with a non-trivial prealign P."""
-    from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
-    from dipy.align.metrics import CCMetric
-
-    sshape, mshape = (32, 30, 28), (28, 32, 26)
-    s_aff = _grid(sshape, (2.0, 2.0, 2.0), _rot(2, 10) @ _rot(0, -5), np.array([1.0, -2.0, 3.0]))
-    m_aff = _grid(mshape, (2.2, 2.0, 2.4), _rot(1, 8) @ _rot(2, -6), np.array([-2.0, 1.0, 0.0]))
-    p = _rot(2, 6) @ _rot(0, 4)  # static world -> moving world
-    p[:3, 3] = [3.0, -2.0, 1.5]
-    static = _blobs(_world(sshape, s_aff))
-    u = _apply(np.linalg.inv(p), _world(mshape, m_aff))
-    moving = _blobs(u + 2.0 * np.sin(u[..., [1, 2, 0]] / 9.0))
-    sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=2), level_iters=[5, 5, 0])
-    mapping = sdr.optimize(static, moving, static_grid2world=s_aff, moving_grid2world=m_aff,
-                           prealign=p)
-    assert np.allclose(mapping.prealign, np.linalg.inv(p))
-    return {
-        "map": mapping, "P": p,
-        "static": nib.Nifti1Image(static, s_aff), "moving": nib.Nifti1Image(moving, m_aff),
-    }
+    c = oblique_case()
+    assert np.allclose(c["map"].prealign, np.linalg.inv(c["P"]))
+    return c
 
 
 @pytest.fixture(params=["dipy", "synflow"])
@@ -98,25 +52,22 @@ def mapping(request, case, tmp_path):
     """The DIPY map, and the same map as synflow's class (via a mapping-file round trip)."""
     if request.param == "dipy":
         return case["map"]
-    try:
-        from synflow.align._public import read_mapping, write_mapping
+    from synflow.align._public import read_mapping, write_mapping
 
-        write_mapping(case["map"], tmp_path / "map.nii.gz")
-        return read_mapping(tmp_path / "map.nii.gz")
-    except ImportError as err:  # synflow.align.imwarp not available
-        pytest.skip(str(err))
+    write_mapping(case["map"], tmp_path / "map.nii.gz")
+    return read_mapping(tmp_path / "map.nii.gz")
 
 
 def _sample(data, affine, x):
     """DIPY-style trilinear sampling (zero padding) of ``data`` at world points ``x``."""
-    ijk = _apply(np.linalg.inv(affine), x)
+    ijk = apply(np.linalg.inv(affine), x)
     if data.ndim == 3:
         return map_coordinates(data, np.moveaxis(ijk, -1, 0), order=1, mode="grid-constant")
     return np.stack([_sample(data[..., c], affine, x) for c in range(3)], -1)
 
 
 def _inside(affine, shape, x, margin=1.0):
-    ijk = _apply(np.linalg.inv(affine), x)
+    ijk = apply(np.linalg.inv(affine), x)
     return np.all((ijk >= margin) & (ijk <= np.array(shape) - 1 - margin), axis=-1)
 
 
@@ -125,11 +76,11 @@ def _interior(case, direction):
     (interpolation conventions at the border differ between DIPY, ITK and scipy)."""
     m, p, s_img, m_img = case["map"], case["P"], case["static"], case["moving"]
     if direction == "forward":  # out[x] = moving(P (x + b(x))), x on the static grid
-        x = _world(s_img.shape, s_img.affine)
-        y = _apply(p, x + _sample(m.get_forward_field(), m.disp_grid2world, x))
+        x = world(s_img.shape, s_img.affine)
+        y = apply(p, x + _sample(m.get_forward_field(), m.disp_grid2world, x))
         return _inside(m_img.affine, m_img.shape, y)
-    x = _world(m_img.shape, m_img.affine)  # out[x] = static(z + f(z)), z = inv(P) x
-    z = _apply(np.linalg.inv(p), x)
+    x = world(m_img.shape, m_img.affine)  # out[x] = static(z + f(z)), z = inv(P) x
+    z = apply(np.linalg.inv(p), x)
     y = z + _sample(m.get_backward_field(), m.disp_grid2world, z)
     return _inside(s_img.affine, s_img.shape, z) & _inside(s_img.affine, s_img.shape, y)
 
@@ -157,12 +108,12 @@ def test_dipy_pull_formulas(case):
     """The formulas the export relies on: transform = moving(P (x + b(x))), etc."""
     m, p = case["map"], case["P"]
     s_img, m_img = case["static"], case["moving"]
-    x = _world(s_img.shape, s_img.affine)
-    y = _apply(p, x + _sample(m.get_forward_field(), m.disp_grid2world, x))
+    x = world(s_img.shape, s_img.affine)
+    y = apply(p, x + _sample(m.get_forward_field(), m.disp_grid2world, x))
     ref = _sample(m_img.get_fdata(dtype=np.float32), m_img.affine, y)
     assert np.abs(m.transform(m_img.get_fdata(dtype=np.float32)) - ref).max() < 1e-5
-    x = _world(m_img.shape, m_img.affine)
-    z = _apply(np.linalg.inv(p), x)
+    x = world(m_img.shape, m_img.affine)
+    z = apply(np.linalg.inv(p), x)
     y = z + _sample(m.get_backward_field(), m.disp_grid2world, z)
     ref = _sample(s_img.get_fdata(dtype=np.float32), s_img.affine, y)
     assert np.abs(m.transform_inverse(s_img.get_fdata(dtype=np.float32)) - ref).max() < 1e-5
@@ -171,7 +122,7 @@ def test_dipy_pull_formulas(case):
 # ---------------------------------------------------------------------------- affine
 @pytest.mark.parametrize("ext", [".txt", ".tfm", ".mat"])
 def test_affine_roundtrip_nitransforms(tmp_path, ext):
-    mat = _rot(0, 12) @ _rot(2, -7)
+    mat = rot(0, 12) @ rot(2, -7)
     mat[:3, :3] *= [1.1, 0.9, 1.05]
     mat[:3, 3] = [4.5, -3.25, 10.0]
     fname = write_itk_affine(mat, tmp_path / f"aff{ext}")
@@ -377,8 +328,8 @@ def test_ants_apply_affine(tmp_path, case, ext, direction):
     fname = write_itk_affine(p, tmp_path / f"affine{ext}")
     out = _ants_apply_transforms(tmp_path, ref, src, [(fname, direction == "inverse")])
     # compare away from the border, where ITK and DIPY pad differently
-    x = _world(ref.shape, ref.affine)
-    y = _apply(p if direction == "forward" else np.linalg.inv(p), x)
+    x = world(ref.shape, ref.affine)
+    y = apply(p if direction == "forward" else np.linalg.inv(p), x)
     inside = _inside(src.affine, src.shape, y)
     assert inside.mean() > 0.4
     assert np.abs(out - expected)[inside].max() < 1e-5

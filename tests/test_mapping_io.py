@@ -9,62 +9,13 @@ import pytest
 from synflow.align._public import read_mapping, write_mapping
 
 pytest.importorskip("dipy")
-
-
-def _rot(axis, deg):
-    t = np.deg2rad(deg)
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(4)
-    r[i, i] = r[j, j] = np.cos(t)
-    r[i, j], r[j, i] = -np.sin(t), np.sin(t)
-    return r
-
-
-def _grid(shape, zooms, rot, center):
-    a = rot.copy()
-    a[:3, :3] = rot[:3, :3] @ np.diag(zooms)
-    a[:3, 3] = center - a[:3, :3] @ ((np.array(shape) - 1) / 2)
-    return a
-
-
-def _blobs(x):
-    centers = [(0, 0, 0), (12, -8, 5), (-10, 10, -6), (6, 12, 10), (-8, -12, 8)]
-    out = 0.0
-    for c, w, s in zip(centers, (1.0, 0.8, 0.6, 0.9, 0.7), (14, 7, 8, 6, 7), strict=True):
-        out = out + w * np.exp(-np.sum((x - np.array(c)) ** 2, -1) / (2 * s**2))
-    return out.astype(np.float32)
-
-
-def _world(shape, affine):
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    return ijk @ affine[:3, :3].T + affine[:3, 3]
-
-
-def _syn(static, moving, s_aff, m_aff, prealign):
-    from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
-    from dipy.align.metrics import CCMetric
-
-    sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=2), level_iters=[5, 5, 0])
-    return sdr.optimize(static, moving, static_grid2world=s_aff, moving_grid2world=m_aff,
-                        prealign=prealign)
+from _oblique import oblique_case  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def case():
     """SyN between oblique volumes on different grids, with a non-trivial prealign P."""
-    sshape, mshape = (32, 30, 28), (28, 32, 26)
-    s_aff = _grid(sshape, (2.0, 2.0, 2.0), _rot(2, 10) @ _rot(0, -5), np.array([1.0, -2.0, 3.0]))
-    m_aff = _grid(mshape, (2.2, 2.0, 2.4), _rot(1, 8) @ _rot(2, -6), np.array([-2.0, 1.0, 0.0]))
-    p = _rot(2, 6) @ _rot(0, 4)  # static world -> moving world, as given to optimize
-    p[:3, 3] = [3.0, -2.0, 1.5]
-    static = _blobs(_world(sshape, s_aff))
-    pi = np.linalg.inv(p)
-    u = _world(mshape, m_aff) @ pi[:3, :3].T + pi[:3, 3]
-    moving = _blobs(u + 2.0 * np.sin(u[..., [1, 2, 0]] / 9.0))
-    return {
-        "map": _syn(static, moving, s_aff, m_aff, p), "P": p,
-        "static": nib.Nifti1Image(static, s_aff), "moving": nib.Nifti1Image(moving, m_aff),
-    }
+    return oblique_case()
 
 
 @pytest.fixture(scope="module")
