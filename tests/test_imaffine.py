@@ -496,3 +496,24 @@ def test_sparse_sampling_honours_masks_and_matches_dense():
     th = t.get_identity_parameters() + [0.01, 0.0, -0.01, 0.5, 0.2, -0.3]
     assert sparse.distance(th) < 0
     assert abs(sparse.distance(th) - dense.distance(th)) < 0.5 * abs(dense.distance(th))
+
+
+@pytest.mark.parametrize("oshape", [(20, 31, 17), (25, 12, 30), (9, 9, 9)])
+def test_resample_linear_equals_scipy_grid_constant(oshape):
+    """The 3-D trilinear kernel is map_coordinates(order=1, mode='grid-constant') (DIPY's
+    rule) to float64 rounding, also for points outside the input and on other grids."""
+    from scipy import ndimage as ndi
+
+    from synflow.align._sampling import resample_linear
+
+    rng = np.random.default_rng(len(oshape) + oshape[0])
+    img = rng.random((20, 31, 17))
+    for _ in range(3):
+        a = np.eye(4)
+        a[:3, :3] += rng.normal(0, 0.2, (3, 3))
+        a[:3, 3] = rng.normal(0, 3, 3)
+        got = resample_linear(img, oshape, a)
+        ijk = np.indices(oshape).reshape(3, -1).astype(float)
+        ref = ndi.map_coordinates(img, a[:3, :3] @ ijk + a[:3, 3:], order=1,
+                                  mode="grid-constant", cval=0.0).reshape(oshape)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13)

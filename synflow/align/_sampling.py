@@ -38,11 +38,15 @@ __all__ = [
 def resample_linear(image: np.ndarray, shape: Sequence[int], comp: np.ndarray) -> np.ndarray:
     """``out[i] = image(comp . i)`` (voxel -> voxel), k-linear with zero padding, float64.
 
-    Equal to ``map_coordinates(order=1, mode='grid-constant', cval=0)`` (DIPY's rule).
+    Equal to ``map_coordinates(order=1, mode='grid-constant', cval=0)`` (DIPY's rule) to
+    float64 rounding.  3-D images use :func:`_trilinear_3d` (as fast as DIPY's Cython kernel);
+    2-D images use SciPy's ``affine_transform``.
     """
     img = np.ascontiguousarray(image, dtype=np.float64)
     shape = tuple(int(s) for s in shape)
     dim = len(shape)
+    if dim == 3:
+        return _trilinear_3d(img, shape, np.asarray(comp, dtype=np.float64))
     out = np.empty(shape, dtype=np.float64)
     mat = comp[:dim, :dim]
 
@@ -51,6 +55,52 @@ def resample_linear(image: np.ndarray, shape: Sequence[int], comp: np.ndarray) -
         ndi.affine_transform(img, mat, offset=off, output_shape=(b - a,) + shape[1:],
                              output=out[a:b], order=1, mode="grid-constant", cval=0.0,
                              prefilter=False)
+
+    run_slabs(slab, shape[0], min_slab=4, max_slabs=8)
+    return out
+
+
+#: Output planes interpolated together: arrays of a few hundred kB stay in cache.
+_PLANES = 4
+
+
+def _trilinear_3d(img: np.ndarray, shape: tuple[int, ...], comp: np.ndarray) -> np.ndarray:
+    """Trilinear pull of a float64 volume, zero padding, whole-array gathers.
+
+    The image gets a one-voxel zero border, so after clamping every coordinate to
+    ``[-1, n]`` all 8 corners of every sample are valid indices (points further out land on
+    the zero border with weight 1, i.e. 0, exactly as ``grid-constant`` gives).
+    """
+    n = np.array(img.shape)
+    padded = np.zeros(tuple(n + 2))
+    padded[1:-1, 1:-1, 1:-1] = img
+    flat = padded.ravel()
+    s0, s1 = padded.shape[1] * padded.shape[2], padded.shape[2]
+    out = np.empty(shape, dtype=np.float64)
+    mat, shift = comp[:3, :3], comp[:3, 3]
+    j = np.arange(shape[1], dtype=np.float64)[:, None]
+    k = np.arange(shape[2], dtype=np.float64)[None, :]
+    plane = [shift[r] + mat[r, 1] * j + mat[r, 2] * k for r in range(3)]
+
+    def block(a: int, b: int) -> None:
+        i = np.arange(a, b, dtype=np.float64)[:, None, None]
+        base, weights = 0, []
+        for r, stride in enumerate((s0, s1, 1)):
+            x = np.clip(mat[r, 0] * i + plane[r], -1.0, float(n[r])) + 1.0
+            cell = np.minimum(np.floor(x).astype(np.intp), n[r])
+            weights.append(x - cell)
+            base = base + cell * stride
+        wx, wy, wz = weights
+
+        def line(o: int) -> np.ndarray:  # interpolated along the last axis
+            return flat[base + o] * (1 - wz) + flat[base + o + 1] * wz
+
+        out[a:b] = ((line(0) * (1 - wy) + line(s1) * wy) * (1 - wx)
+                    + (line(s0) * (1 - wy) + line(s0 + s1) * wy) * wx)
+
+    def slab(a: int, b: int) -> None:
+        for lo in range(a, b, _PLANES):
+            block(lo, min(lo + _PLANES, b))
 
     run_slabs(slab, shape[0], min_slab=4, max_slabs=8)
     return out
