@@ -99,7 +99,9 @@ def run_validator(command: list[str], bids_dir: Path,
     """
     with tempfile.TemporaryDirectory(prefix="synflow-validate-") as tmp:
         view = _selected_view(Path(bids_dir), participants, Path(tmp))
-        proc = subprocess.run([*command, str(view), "--format", "json"], capture_output=True,
+        # '--json' is what every build understands (the legacy Node one has no '--format')
+        fmt = ["--format", "json"] if Path(command[0]).name.endswith("-deno") else ["--json"]
+        proc = subprocess.run([*command, str(view), *fmt], capture_output=True,
                               text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
     out = proc.stdout.strip()
     try:
