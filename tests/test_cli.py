@@ -454,3 +454,22 @@ def test_missing_bval_or_bvec_is_a_series_problem(tmp_path):
     assert "no .bval file found" in problem[0] and "sub-01_dwi" in problem[0]
     item, problem = check_series(layout, str(_dwi(bids, "02")), 50.0)
     assert problem is None and item.bvec_file is None  # b0s need only the b-values
+
+
+def test_validator_reports_of_both_validator_generations():
+    """The schema (Deno) validator's report and the legacy Node one's give the same lines."""
+    from synflow.cli.validator import _issue_lines
+
+    deno = {"issues": {"issues": [
+        {"code": "DWI_MISSING_BVAL", "severity": "error", "location": "/sub-02/dwi/x.nii.gz"},
+        {"code": "README_FILE_MISSING", "severity": "warning"}],
+        "codeMessages": {"DWI_MISSING_BVAL": "DWI scans must have a .bval file.\nmore"}}}
+    where = {"file": {"relativePath": "/sub-02/dwi/x.nii.gz"}}
+    legacy = {"issues": {"errors": [{"key": "DWI_MISSING_BVAL", "reason": "no bval",
+                                     "files": [where]}],
+                         "warnings": [{"key": "README_FILE_MISSING"}]}}
+    for report, text in ((deno, "DWI scans must have a .bval file."), (legacy, "no bval")):
+        errors, n_warn = _issue_lines(report)
+        assert n_warn == 1
+        assert errors == [("/sub-02/dwi/x.nii.gz",
+                           f"DWI_MISSING_BVAL: /sub-02/dwi/x.nii.gz: {text}")]

@@ -73,20 +73,32 @@ def _selected_view(bids_dir: Path, participants: Iterable[str] | None, where: Pa
 
 
 def _issue_lines(report: dict) -> tuple[list[tuple[str, str]], int]:
-    """Errors as ``(location, "CODE: location: message")``, and the number of warnings."""
-    issues = report.get("issues", {}).get("issues", [])
-    explain = report.get("issues", {}).get("codeMessages", {}) or {}
+    """Errors as ``(location, "CODE: location: message")``, and the number of warnings.
+
+    Reads the schema validator's report (``issues.issues``, each with a severity) and the
+    legacy Node validator's (``issues.errors`` / ``issues.warnings``, each with files).
+    """
+    issues = report.get("issues", {})
+    if "errors" in issues or "warnings" in issues:  # legacy (bids-validator 1.x)
+        errors = []
+        for err in issues.get("errors", []):
+            files = [f.get("file", {}).get("relativePath", "") for f in err.get("files", [])
+                     if f.get("file")] or [""]
+            for where in files:
+                errors.append((where, ": ".join(p for p in (err.get("key", "ERROR"), where,
+                                                            err.get("reason", "")) if p)))
+        return errors, len(issues.get("warnings", []))
+    explain = issues.get("codeMessages", {}) or {}
     errors, n_warn = [], 0
-    for issue in issues:
+    for issue in issues.get("issues", []):
         if issue.get("severity") != "error":
             n_warn += 1
             continue
         where = issue.get("location") or ""
         text = (issue.get("issueMessage") or str(explain.get(issue.get("code"), ""))
                 or issue.get("subCode") or "").strip().splitlines()
-        text = text[0] if text else ""
-        errors.append((where, ": ".join(p for p in (issue.get("code", "ERROR"), where, text)
-                                        if p)))
+        errors.append((where, ": ".join(p for p in (issue.get("code", "ERROR"), where,
+                                                    text[0] if text else "") if p)))
     return errors, n_warn
 
 
