@@ -12,6 +12,12 @@ Non-finite voxels (NaN/inf) in the b0 volumes: order of the steps and where the 
    correlation (9^3-voxel windows at the default radius 4) sees holes over a noticeable part
    of the brain and the b0 itself is damaged.  Non-finite voxels outside the mask (e.g. one
    corner voxel per volume, a common scanner/conversion artefact) only give a warning.
+   Measured on the demo dataset (2 mm, 90 x 110 x 74): the brain mask has 214,220 voxels, so
+   the line is 214 voxels; one NaN voxel in every volume at the corner (0 in the mask) or at
+   the centre (1 in the mask) is processed, a 6 x 6 x 6 NaN block at the centre (216) fails.
+
+Only the b0 volumes are read (the diffusion-weighted ones are not used), so only their
+non-finite voxels are counted.
 """
 
 from __future__ import annotations
