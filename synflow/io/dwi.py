@@ -225,7 +225,8 @@ def read_mean_b0(dwi_file: str | os.PathLike, bval_file: str | os.PathLike,
         ``NonFiniteVoxels`` (voxels of ``nonfinite_mask``), ``NonFiniteValues`` (NaN/inf
         values over all b0 volumes), ``AffineSource`` (``"sform"``/``"qform"``/``"fallback"``,
         nibabel's rule, :func:`synflow.io.image.affine_source`), ``AffineShear`` (largest
-        |cosine| between voxel axes) and ``DataWarnings`` (sentences, empty when none).
+        |cosine| between voxel axes) and ``DataWarnings`` (sentences naming the file by its
+        base name, empty when none).
     """
     bvals, _ = read_bvals_bvecs(bval_file, None)
     img = _open_nifti(dwi_file, keep_file_open=True)
@@ -235,6 +236,7 @@ def read_mean_b0(dwi_file: str | os.PathLike, bval_file: str | os.PathLike,
                                        name, f"b-values file {bval_file}", nonfinite)
     source = affine_source(img.header)
     shear = affine_shear(img.affine)
+    name = Path(dwi_file).name  # the warnings go into sidecars: no host paths
     warnings: list[str] = []
     if source == "fallback":
         warnings.append(f"{name}: sform_code and qform_code are both 0, so the affine is "
