@@ -272,6 +272,11 @@ def test_mean_b0_array_level():
     fdata[3, 3, 3, 1] = np.nan  # not a b0: ignored
     with pytest.raises(ValueError, match="2 NaN/inf voxels"):
         mean_b0(fdata, AFFINE, bvals)
+    zeroed, _, _ = mean_b0(fdata, AFFINE, bvals, nonfinite="zero")
+    expect = np.nan_to_num(fdata[..., [0, 2, 4]].astype(np.float64), nan=0.0).mean(-1)
+    np.testing.assert_allclose(zeroed, expect, rtol=1e-6)
+    with pytest.raises(ValueError, match="nonfinite must be"):
+        mean_b0(fdata, AFFINE, bvals, nonfinite="ignore")
 
 
 def test_extract_b0_file_level(tmp_path):

@@ -269,6 +269,72 @@ def registration_qc(mapping, static: np.ndarray, moving: np.ndarray, static_aff:
     }
 
 
+#: A registration is flagged when more than this % of the reference-mask voxels fold
+#: (Jacobian determinant <= 0).  A diffeomorphism has none; SyN's discretised maps show a
+#: few at sharp corners (0 on the demo data), while a failed registration folds whole regions.
+MAX_FOLDING_PERCENT: float = 0.1
+
+
+def registration_warnings(qc: dict, max_folding_percent: float = MAX_FOLDING_PERCENT
+                          ) -> list[str]:
+    """Sentences saying why the QC numbers of :func:`registration_qc` look like a failure.
+
+    Two rules: local CC after SyN not above local CC after the affine (SyN made the match
+    worse, or nothing), and ``folding_percent > max_folding_percent``.  Missing numbers
+    (``compute_qc=False``) give no warning.
+    """
+    out = []
+    cc_aff, cc_syn = qc.get("cc_affine"), qc.get("cc_syn")
+    if cc_aff is not None and cc_syn is not None and not float(cc_syn) > float(cc_aff):
+        out.append(f"registration may have failed: local CC after SyN ({float(cc_syn):.3f}) "
+                   f"is not above local CC after the affine ({float(cc_aff):.3f})")
+    fold = qc.get("folding_percent")
+    if fold is not None and not float(fold) <= max_folding_percent:
+        out.append(f"registration may have failed: {float(fold):.3g} % of the brain-mask "
+                   f"voxels fold (Jacobian <= 0), above {max_folding_percent:g} %")
+    return out
+
+
+def qc_status(qc: dict, data_qc: dict | None = None,
+              max_folding_percent: float = MAX_FOLDING_PERCENT) -> dict:
+    """``qc`` plus the data record and a verdict.
+
+    Adds ``data_qc``'s entries (``NonFiniteVoxels``, ``NonFiniteValues``,
+    ``NonFiniteVoxelsInMask``, ``BrainMaskVoxels``, ``AffineSource``, ``AffineShear``),
+    ``QCWarnings`` (``data_qc["DataWarnings"]`` then :func:`registration_warnings`) and
+    ``QCStatus``: ``"warning"`` when there is any warning, else ``"ok"``.
+    """
+    data = dict(data_qc or {})
+    warnings = [str(w) for w in data.pop("DataWarnings", [])]
+    warnings += registration_warnings(qc, max_folding_percent)
+    return {**qc, **data, "QCStatus": "warning" if warnings else "ok",
+            "QCWarnings": warnings}
+
+
+class _QCStatusInputSpec(BaseInterfaceInputSpec):
+    qc = traits.Dict(mandatory=True, desc="SyNRegistration.qc")
+    data_qc = traits.Dict(desc="MedianOtsu.data_qc (non-finite voxels, affine source/shear)")
+    max_folding_percent = traits.Float(MAX_FOLDING_PERCENT, usedefault=True,
+                                       desc="warn above this % of folding mask voxels")
+
+
+class _QCStatusOutputSpec(TraitedSpec):
+    qc = traits.Dict(desc="the QC numbers with QCStatus and QCWarnings (qc_status)")
+
+
+class QCStatus(SimpleInterface):
+    """Merge the data record into the QC numbers and give the verdict (:func:`qc_status`)."""
+
+    input_spec = _QCStatusInputSpec
+    output_spec = _QCStatusOutputSpec
+
+    def _run_interface(self, runtime):
+        data_qc = dict(self.inputs.data_qc) if isdefined(self.inputs.data_qc) else {}
+        self._results["qc"] = qc_status(dict(self.inputs.qc), data_qc,
+                                        self.inputs.max_folding_percent)
+        return runtime
+
+
 def output_grid2world(mapping, forward: bool) -> np.ndarray:
     """Grid of ``mapping.transform`` (``forward``) or ``transform_inverse`` output.
 

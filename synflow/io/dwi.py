@@ -17,9 +17,18 @@ import numpy as np
 from synflow.align.affine_checks import check_affine
 
 from .gradients import read_bvals_bvecs
-from .image import NiftiError, _open_nifti, atomic_write_nifti, nifti_like
+from .image import (
+    SHEAR_TOLERANCE,
+    NiftiError,
+    _open_nifti,
+    affine_shear,
+    affine_source,
+    atomic_write_nifti,
+    check_real,
+    nifti_like,
+)
 
-__all__ = ["B0_THRESHOLD", "b0_indices", "mean_b0", "extract_b0"]
+__all__ = ["B0_THRESHOLD", "b0_indices", "mean_b0", "extract_b0", "read_mean_b0"]
 
 #: Default b0 threshold (s/mm^2): DIPY's gradient_table, QSIPrep's ExtractB0s, dmriprep.
 B0_THRESHOLD: float = 50.0
@@ -99,14 +108,21 @@ def _mean_of(vols: list[np.ndarray], affine: np.ndarray, align: bool) -> np.ndar
     return (total / len(vols)).astype(np.float32)
 
 
-def _count_nan(vols: list[np.ndarray]) -> int:
-    return int(sum(np.count_nonzero(~np.isfinite(v)) for v in vols
-                   if np.issubdtype(v.dtype, np.floating)))
+def _nonfinite_voxels(vols: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """``(mask, n_values)``: voxels non-finite in any volume, and the non-finite values."""
+    bad = np.zeros(vols[0].shape, dtype=bool)
+    n_values = 0
+    for v in vols:
+        if np.issubdtype(v.dtype, np.floating):
+            vbad = ~np.isfinite(v)
+            n_values += int(np.count_nonzero(vbad))
+            bad |= vbad
+    return bad, n_values
 
 
 def mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.ndarray,
-            b0_threshold: float = B0_THRESHOLD,
-            align: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            b0_threshold: float = B0_THRESHOLD, align: bool = False, *,
+            nonfinite: str = "raise") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average the b0 volumes of a DWI series.
 
     Parameters
@@ -121,6 +137,9 @@ def mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.nd
     align : bool
         Rigidly register each b0 to the first b0 (mutual information, centre of mass ->
         translation -> rigid) before averaging; output stays on the grid of ``data``.
+    nonfinite : ``"raise"`` or ``"zero"``
+        What to do with NaN/inf voxels in the b0 volumes: raise (default), or set them to 0
+        in each b0 volume before averaging (:func:`read_mean_b0` reports where they were).
 
     Returns
     -------
@@ -133,15 +152,39 @@ def mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.nd
     ------
     ValueError
         ``data`` not 4-D, number of b-values != number of volumes, no b0 under the threshold,
-        NaN/inf voxels in the b0 volumes (the message gives how many).
+        NaN/inf voxels in the b0 volumes with ``nonfinite="raise"`` (the message gives how
+        many), complex data.
     """
-    return _mean_b0(data, affine, bvals, b0_threshold, align, "data", "bvals")
+    mean, affine, idx, _ = _mean_b0(data, affine, bvals, b0_threshold, align, "data",
+                                    "bvals", nonfinite)
+    return mean, affine, idx
+
+
+def _read_b0_volumes(data, idx: np.ndarray, data_name: str) -> list[np.ndarray]:
+    if isinstance(data, np.ndarray):
+        vols = [data[..., int(i)] for i in idx]
+    else:  # nibabel ArrayProxy: read only the b0 volumes, in file order
+        try:
+            vols = [np.asarray(data[..., int(i)]) for i in idx]
+        except Exception as exc:  # EOFError, OSError, zlib.error, short-buffer ValueError
+            raise NiftiError(
+                f"cannot read the voxel data of {data_name} (truncated or corrupt file?): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    if vols and np.iscomplexobj(vols[0]):
+        raise ValueError(f"{data_name}: complex data is not supported (data type "
+                         f"{vols[0].dtype}); give the magnitude image")
+    return vols
 
 
 def _mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.ndarray,
-             b0_threshold: float, align: bool, data_name: str,
-             bval_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    affine = check_affine(affine, "affine", invertible=False)
+             b0_threshold: float, align: bool, data_name: str, bval_name: str,
+             nonfinite: str = "raise"
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, int]]:
+    if nonfinite not in ("raise", "zero"):
+        raise ValueError(f"nonfinite must be 'raise' or 'zero', got {nonfinite!r}")
+    name = "affine" if data_name == "data" else f"affine of {data_name}"
+    affine = check_affine(affine, name, invertible=False)
     shape = tuple(data.shape)
     if len(shape) != 4:
         raise ValueError(
@@ -156,23 +199,59 @@ def _mean_b0(data: np.ndarray, affine: np.ndarray, bvals: Sequence[float] | np.n
             "they must match one to one"
         )
     idx = b0_indices(arr, b0_threshold, name=bval_name)
-    if isinstance(data, np.ndarray):
-        vols = [data[..., int(i)] for i in idx]
-    else:  # nibabel ArrayProxy: read only the b0 volumes, in file order
-        try:
-            vols = [np.asarray(data[..., int(i)]) for i in idx]
-        except Exception as exc:  # EOFError, OSError, zlib.error, short-buffer ValueError
-            raise NiftiError(
-                f"cannot read the voxel data of {data_name} (truncated or corrupt file?): "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-    nbad = _count_nan(vols)
-    if nbad:
+    vols = _read_b0_volumes(data, idx, data_name)
+    bad, nbad = _nonfinite_voxels(vols)
+    if nbad and nonfinite == "raise":
         raise ValueError(
             f"{data_name} has {nbad} NaN/inf voxels in its b0 volumes {idx.tolist()}; "
             "fix or mask them before extracting the b0"
         )
-    return _mean_of(vols, affine, align), affine, idx
+    if nbad:
+        vols = [np.where(np.isfinite(v), v, 0).astype(v.dtype, copy=False) for v in vols]
+    return _mean_of(vols, affine, align), affine, idx, (bad, nbad)
+
+
+def read_mean_b0(dwi_file: str | os.PathLike, bval_file: str | os.PathLike,
+                 b0_threshold: float = B0_THRESHOLD, align: bool = False, *,
+                 nonfinite: str = "raise") -> tuple[nib.Nifti1Image, np.ndarray, dict]:
+    """Mean b0 of a DWI file, where its non-finite voxels were, and what its header says.
+
+    Returns
+    -------
+    img : float32 3-D image (as :func:`extract_b0`).
+    nonfinite_mask : bool 3-D array (DWI grid): voxels NaN/inf in at least one b0 volume
+        (set to 0 there before averaging with ``nonfinite="zero"``).
+    info : dict
+        ``NonFiniteVoxels`` (voxels of ``nonfinite_mask``), ``NonFiniteValues`` (NaN/inf
+        values over all b0 volumes), ``AffineSource`` (``"sform"``/``"qform"``/``"fallback"``,
+        nibabel's rule, :func:`synflow.io.image.affine_source`), ``AffineShear`` (largest
+        |cosine| between voxel axes) and ``DataWarnings`` (sentences naming the file by its
+        base name, empty when none).
+    """
+    bvals, _ = read_bvals_bvecs(bval_file, None)
+    img = _open_nifti(dwi_file, keep_file_open=True)
+    check_real(img, dwi_file)
+    name = f"DWI file {Path(dwi_file)}"
+    mean, _, _, (bad, nbad) = _mean_b0(img.dataobj, img.affine, bvals, b0_threshold, align,
+                                       name, f"b-values file {bval_file}", nonfinite)
+    source = affine_source(img.header)
+    shear = affine_shear(img.affine)
+    name = Path(dwi_file).name  # the warnings go into sidecars: no host paths
+    warnings: list[str] = []
+    if source == "fallback":
+        warnings.append(f"{name}: sform_code and qform_code are both 0, so the affine is "
+                        "nibabel's fall-back (voxel sizes only, orientation unknown)")
+    if shear > SHEAR_TOLERANCE:
+        warnings.append(f"{name}: the {source} affine is sheared (axes {shear:.3g} from "
+                        "orthogonal, as |cosine|); a qform cannot hold shear, so the outputs "
+                        "carry it in the sform only (qform_code 0)")
+    if nbad:
+        warnings.append(f"{name}: {int(bad.sum())} voxels were NaN/inf in the b0 volumes "
+                        f"({nbad} values); set to 0")
+    info = {"NonFiniteVoxels": int(bad.sum()), "NonFiniteValues": int(nbad),
+            "AffineSource": source, "AffineShear": round(shear, 6),
+            "DataWarnings": warnings}
+    return nifti_like(mean, img), bad, info
 
 
 def extract_b0(dwi_file: str | os.PathLike, bval_file: str | os.PathLike,
@@ -188,13 +267,10 @@ def extract_b0(dwi_file: str | os.PathLike, bval_file: str | os.PathLike,
     ValueError
         Naming ``dwi_file``/``bval_file``: unreadable/truncated NIfTI, 3-D input, b-value
         count != number of volumes, no b0 under ``b0_threshold`` (gives the smallest b-value),
-        NaN voxels (gives how many).
+        NaN voxels (gives how many), complex data.  (:func:`read_mean_b0` with
+        ``nonfinite="zero"`` sets NaN voxels to 0 instead and reports them.)
     """
-    bvals, _ = read_bvals_bvecs(bval_file, None)
-    img = _open_nifti(dwi_file, keep_file_open=True)
-    mean, _, _ = _mean_b0(img.dataobj, img.affine, bvals, b0_threshold, align,
-                          f"DWI file {Path(dwi_file)}", f"b-values file {bval_file}")
-    out = nifti_like(mean, img)
+    out, _, _ = read_mean_b0(dwi_file, bval_file, b0_threshold, align)
     if out_file is not None:
         atomic_write_nifti(out, out_file)
     return out

@@ -6,6 +6,8 @@
 * :func:`load_volume` is synflow's one loader for a single volume (float32, a trailing
   length-1 fourth axis dropped, plus the affine and the image); :func:`nifti_like` builds
   an image on another image's grid (affine, sform/qform codes, units).
+* :func:`affine_source` / :func:`affine_shear` say which header field gives the affine
+  (nibabel's ``get_best_affine`` rule) and whether it holds shear, which a qform cannot.
 * :func:`atomic_path` is the helper every synflow writer uses: it yields a hidden temporary path
   in the destination directory (same extension, so nibabel picks the same format) and
   ``os.replace``-s it onto the destination only if the block succeeds, so readers never see a
@@ -26,8 +28,12 @@ from synflow.align.affine_checks import check_affine
 
 __all__ = [
     "NiftiError",
+    "SHEAR_TOLERANCE",
+    "affine_shear",
+    "affine_source",
     "atomic_path",
     "atomic_write_nifti",
+    "check_real",
     "load_nifti",
     "load_nifti_data",
     "load_volume",
@@ -36,8 +42,56 @@ __all__ = [
     "split_ext",
 ]
 
+#: Largest |cosine| between two voxel axes (world directions) still called orthogonal.
+#: Stored sforms are float32: rounding gives ~1e-7; scanners' oblique sforms are orthogonal.
+SHEAR_TOLERANCE: float = 1e-4
+
+
 class NiftiError(ValueError, OSError):
     """A NIfTI file is missing, unreadable or truncated (message names the file)."""
+
+
+def affine_source(header: nib.Nifti1Header) -> str:
+    """Which header field ``img.affine`` comes from: ``"sform"``, ``"qform"`` or ``"fallback"``.
+
+    nibabel's rule (``Nifti1Header.get_best_affine``): the sform when ``sform_code > 0``,
+    else the qform when ``qform_code > 0``, else the fall-back (voxel sizes only, no
+    orientation; ``get_base_affine``).  Non-NIfTI headers give ``"fallback"``.
+    """
+    try:
+        if int(header["sform_code"]) > 0:
+            return "sform"
+        if int(header["qform_code"]) > 0:
+            return "qform"
+    except (KeyError, ValueError, TypeError):
+        pass
+    return "fallback"
+
+
+def affine_shear(affine: np.ndarray) -> float:
+    """Shear of an affine: largest |cosine| between the world directions of two voxel axes.
+
+    0 for a rotation times voxel sizes (what a qform can store); a qform cannot hold shear,
+    so an sform with ``affine_shear > SHEAR_TOLERANCE`` has no equal qform.
+    """
+    lin = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(lin, axis=0)
+    if not np.all(np.isfinite(lin)) or np.any(norms == 0):
+        return float("nan")
+    unit = lin / norms
+    gram = unit.T @ unit
+    return float(np.abs(gram - np.diag(np.diag(gram))).max())
+
+
+def check_real(img: nib.spatialimages.SpatialImage, fname: str | os.PathLike) -> None:
+    """Raise :class:`NiftiError` naming ``fname`` if its voxels are complex (or RGB records)."""
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind == "c":
+        raise NiftiError(f"{os.fspath(fname)}: complex data is not supported (data type "
+                         f"{dtype}); give the magnitude image")
+    if dtype.kind not in "biuf":
+        raise NiftiError(f"{os.fspath(fname)}: data type {dtype} is not supported (synflow "
+                         "reads real-valued scalar images)")
 
 
 def atomic_write_nifti(img: nib.spatialimages.SpatialImage, fname: str | os.PathLike) -> Path:
@@ -123,9 +177,11 @@ def load_volume(fname: str | os.PathLike, dtype: Any = np.float32
     ``data`` is read as ``dtype`` (float32 by default; ``scl_slope``/``scl_inter`` applied)
     and an ``(X, Y, Z, 1)`` image is returned as ``(X, Y, Z)``; other shapes are returned
     as stored (the caller checks the dimension it needs).  ``affine`` maps voxel indices to
-    world RAS mm.  Errors are :class:`NiftiError` naming the file, as :func:`load_nifti`.
+    world RAS mm.  Errors are :class:`NiftiError` naming the file, as :func:`load_nifti`;
+    complex data is refused (:func:`check_real`).
     """
     img = _open_nifti(fname)
+    check_real(img, fname)
     data = _read_data(img, fname, True, dtype)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -136,13 +192,23 @@ def nifti_like(data: np.ndarray, like: nib.spatialimages.SpatialImage,
                dtype: Any = np.float32) -> nib.Nifti1Image:
     """``data`` (cast to ``dtype``) as a NIfTI-1 image on ``like``'s voxel grid.
 
-    Takes ``like``'s affine, its sform/qform codes (an unset code becomes 1, "scanner")
-    and its spatial/temporal units, but not its scaling (``scl_slope``) or data type.
+    Takes ``like.affine`` (nibabel's rule, :func:`affine_source`) and writes it as both the
+    sform and the qform, with ``like``'s codes (an unset code becomes 1, "scanner"), so any
+    reader gets the same matrix.  A qform cannot hold shear: when the affine is sheared
+    (:func:`affine_shear`), only the sform is set and ``qform_code`` is 0 (no qform), so no
+    reader falls back to a shear-stripped matrix.  Spatial/temporal units are copied, not
+    the scaling (``scl_slope``) or data type.
     """
-    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), like.affine)
+    affine = np.asarray(like.affine, dtype=np.float64)
+    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
     out.header.set_xyzt_units(*like.header.get_xyzt_units())
-    out.header.set_sform(like.affine, int(like.header["sform_code"]) or 1)
-    out.header.set_qform(like.affine, int(like.header["qform_code"]) or 1)
+    code_s = int(like.header["sform_code"]) or 1
+    code_q = int(like.header["qform_code"]) or 1
+    out.header.set_sform(affine, code_s)
+    if affine_shear(affine) > SHEAR_TOLERANCE:
+        out.header.set_qform(None)
+    else:
+        out.header.set_qform(affine, code_q)
     return out
 
 

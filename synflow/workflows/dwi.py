@@ -19,6 +19,7 @@ from synflow.interfaces import (
     RegistrationReportlets,
     SyNRegistration,
 )
+from synflow.interfaces.registration import QCStatus
 
 #: Engine defaults (DIPY's ``SymmetricDiffeomorphicRegistration`` + ``CCMetric``), except
 #: ``level_iters``: DIPY's default is [100, 100, 25]; on pre-aligned 2 mm b0s [50, 50, 10]
@@ -94,16 +95,18 @@ def init_dwi_registration_wf(
 
         inputnode -> affine_prealign, extract_b0, reportlets, syn
         extract_b0 -> b0_to_reference, median_otsu, outputnode, reportlets, syn_input
-        median_otsu -> affine_prealign, outputnode, reportlets, syn_input
+        median_otsu -> affine_prealign, outputnode, qc_status, reportlets, syn_input
         affine_prealign -> outputnode, reportlets, syn
         syn_input -> syn
-        syn -> b0_to_reference, outputnode, reportlets
+        syn -> b0_to_reference, outputnode, qc_status, reportlets
         b0_to_reference -> outputnode
+        qc_status -> outputnode, reportlets
         reportlets -> outputnode
         outputnode
 
     (``extract_b0``: ExtractB0, ``median_otsu``: MedianOtsu, ``syn_input``: ApplyMask with
     the grown mask, ``affine_prealign``: AffinePrealign, ``syn``: SyNRegistration,
+    ``qc_status``: QCStatus (QC numbers + data record + verdict ``QCStatus``/``QCWarnings``),
     ``b0_to_reference``: ApplyRegistration, ``reportlets``: RegistrationReportlets, only
     with ``reportlets=True``.)
 
@@ -154,7 +157,9 @@ def init_dwi_registration_wf(
     b0_ref, b0_brain_ref
         Mean b0 (whole head) and skull-stripped b0 resampled onto the reference.
     qc, parameters, n_b0
-        QC numbers and engine parameters (dicts), number of b0 volumes averaged.
+        QC numbers (with ``QCStatus``, ``QCWarnings`` and the data record, see
+        :func:`synflow.interfaces.registration.qc_status`) and engine parameters (dicts),
+        number of b0 volumes averaged.
     dipy_meta
         What DIPY's own ``read_mapping`` needs to use ``mapping`` (grids, prealign).
     figures, figure_descs, series_record
@@ -177,6 +182,7 @@ def init_dwi_registration_wf(
                        n_procs=omp_nthreads, mem_gb=mem["affine"])
     syn_node = pe.Node(SyNRegistration(num_threads=omp_nthreads, **syn_params),
                        name="syn", n_procs=omp_nthreads, mem_gb=mem["syn"])
+    status = pe.Node(QCStatus(), name="qc_status", run_without_submitting=True, mem_gb=0.1)
     # the whole-head mean b0 goes to the reference space with the saved mapping: the
     # same code path users get from ApplyRegistration on any other image
     b0_to_ref = pe.Node(ApplyRegistration(direction="forward", interpolation="linear",
@@ -185,7 +191,8 @@ def init_dwi_registration_wf(
 
     workflow.connect([
         (inputnode, extract_b0, [("dwi_file", "in_file"), ("bval_file", "in_bval")]),
-        (extract_b0, skullstrip, [("out_file", "in_file")]),
+        (extract_b0, skullstrip, [("out_file", "in_file"), ("out_nonfinite", "nonfinite_mask"),
+                                  ("data_qc", "data_qc")]),
         (inputnode, prealign, [("reference", "reference_file"),
                                ("reference_mask", "reference_mask")]),
         (skullstrip, prealign, [("out_file", "moving_file"), ("out_mask", "moving_mask")]),
@@ -203,9 +210,12 @@ def init_dwi_registration_wf(
         (syn_node, outputnode, [("out_affine_xfm", "affine_xfm"), ("out_mapping", "mapping"),
                                 ("out_forward_xfm", "forward_xfm"),
                                 ("out_inverse_xfm", "inverse_xfm"),
-                                ("out_file", "b0_brain_ref"), ("qc", "qc"),
+                                ("out_file", "b0_brain_ref"),
                                 ("dipy_meta", "dipy_meta"),
                                 ("parameters", "parameters")]),
+        (syn_node, status, [("qc", "qc")]),
+        (skullstrip, status, [("data_qc", "data_qc")]),
+        (status, outputnode, [("qc", "qc")]),
         (b0_to_ref, outputnode, [("out_file", "b0_ref")]),
     ])
     if reportlets:
@@ -221,8 +231,9 @@ def init_dwi_registration_wf(
                                   ("reference_mask", "reference_mask")]),
             (prealign, figures, [("out_file", "affine_file")]),
             (syn_node, figures, [("out_unaligned", "unaligned_file"),
-                                 ("out_file", "warped_file"), ("out_mapping", "mapping_file"),
-                                 ("qc", "qc")]),
+                                 ("out_file", "warped_file"),
+                                 ("out_mapping", "mapping_file")]),
+            (status, figures, [("qc", "qc")]),
             (figures, outputnode, [("out_figures", "figures"), ("out_descs", "figure_descs"),
                                    ("out_series", "series_record")]),
         ])
