@@ -42,8 +42,8 @@ FIGURE_SPECS: dict[str, tuple[str, str, str]] = {
                   "Mean b0 (native space) with the median-Otsu brain mask outlined in red.",
                   "mask"),
     "overlaybefore": ("Before registration",
-                      "Reference (red) and b0 (green) in world coordinates, no transform. The three "
-                      "overlays share one brightness window per image.",
+                      "Reference (red) and b0 (green) in world coordinates, no transform. "
+                      "The three overlays share one brightness window per image.",
                       "overlay"),
     "overlayaffine": ("After the affine",
                       "Reference (red) and b0 (green) after the affine pre-alignment.",

@@ -254,8 +254,8 @@ class _Mosaic:
               clip: bool = True, rasterized: bool = False) -> None:
         """Polylines given in in-plane voxel coordinates (x = p axis, y = q axis).
 
-        ``rasterized`` draws them as pixels (100 dpi, about the size shown) even in an SVG: far smaller for the
-        thousands of segments of a deformation grid.
+        ``rasterized`` draws them as pixels (100 dpi, about the size shown) even in an SVG:
+        far smaller for the thousands of segments of a deformation grid.
         """
         if not segs:
             return

@@ -3,10 +3,11 @@
 :func:`write_participant_report` turns the figures and numbers of each processed series into
 one self-contained HTML file: every image is inlined (SVG flicker figures as inline SVG,
 other figures as ``data:`` URIs), CSS and JavaScript are embedded, nothing is fetched from
-the network, so the file can be moved or mailed on its own. Size is roughly the sum of the
-figure files (+33 % base64 for those embedded as ``data:`` URIs): about 1.5 MB per series
-with the full set of figures for a 96x114x72 b0 (mask, 3 flickers, 3 overlays, grid,
-Jacobian), ~1.1 MB per series for a 40x48x36 test volume. The footer states the size.
+the network, so the file can be moved or mailed on its own. SVG figures are inlined as
+they are (no base64), PNG figures as ``data:`` URIs (+33 %). Size is about the sum of the
+figure files: about 1.9 MB per series with the full set of 8 figures on the 2 mm template
+grid (98x116x94; demo dataset), so a participant with two series stays under 5 MB
+(``tests/test_report_browser.py`` checks it). The footer states the size.
 
 The report is written atomically (temporary file in the same folder + :func:`os.replace`).
 """
@@ -321,7 +322,8 @@ def _series_html(s: Mapping[str, Any], anchor: str, ids: _Ids, wall_s: Any = Non
     if s.get("qc"):
         blocks.append("<div><h3>Quality numbers</h3>" + _qc_table(s["qc"]) + "</div>")
     if s.get("timings"):
-        blocks.append("<div><h3>Time per step</h3>" + _timings_table(s["timings"], wall_s) + "</div>")
+        blocks.append("<div><h3>Time per step</h3>" + _timings_table(s["timings"], wall_s)
+                      + "</div>")
     if blocks:
         out.append('<div class="grid2">' + "".join(blocks) + "</div>")
     if s.get("parameters"):
