@@ -139,10 +139,11 @@ class RegistrationReportlets(SimpleInterface):
         figs: dict[str, Path] = {}
         figs["brainmask"] = rl.plot_mask_contour(b0, mask > 0, cwd / "brainmask.svg",
                                                  grid2world=b0_aff)
-        # one display window per image for the whole series: the b0's in its own brain
-        # mask, the reference's in its mask, so every panel shows the same brightness
+        # one display window per image for the whole series, so every panel shows it
+        # with the same brightness: the reference's in its mask, the b0's from the b0
+        # after SyN in that same mask (the one placement where both cover the same brain)
         ref_win = rl.intensity_window(ref, ref_mask)
-        b0_win = rl.intensity_window(b0, mask > 0)
+        b0_win = rl.intensity_window(warped, ref_mask)
         for desc, moving in (("overlaybefore", unaligned), ("overlayaffine", affine),
                              ("overlaysyn", warped)):
             figs[desc] = rl.plot_overlay(ref, moving, cwd / f"{desc}.svg", mask=ref_mask,
