@@ -20,3 +20,19 @@ def test_example_runs(script, tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout}\n{proc.stderr}"
     assert any((tmp_path / "out").rglob("*")), f"{script.name} wrote nothing"
+    if script.name == "use_in_your_pipeline.py":  # a figure a user can look at
+        figure = Path(proc.stdout.strip().splitlines()[-1].removeprefix("figure: "))
+        assert figure.suffix == ".png" and figure.stat().st_size > 10_000, proc.stdout
+
+
+def test_pipeline_example_help_explains_every_option():
+    script = next(p for p in EXAMPLES if p.name == "use_in_your_pipeline.py")
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "init_dwi_registration_wf" in out and "figure" in out  # what it does
+    for option, words in (("--out", "folder"), ("--level-iters", "iterations"),
+                          ("--fast", "iterations"), ("--nprocs", "processes")):
+        block = out[out.index(option, out.index("options:")):]
+        assert words in block.split("\n  -")[0], f"{option} has no help"

@@ -283,3 +283,62 @@ def test_report_screenshot_not_blank(report: Path, tmp_path: Path) -> None:
     keep = os.environ.get("SYNFLOW_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+# ----------------------------------------------------------------------------- size
+#: Largest report per participant (issue 13: nireports users complain of 30-40 MB reports
+#: that browsers cannot open by the hundred).
+MAX_REPORT_MB_PER_PARTICIPANT = 5.0
+
+
+def _template_size_series(root: Path, name: str, shift: int) -> dict:
+    """The full figure set of one series (RegistrationReportlets) on the bundled 2 mm
+    template grid (98x116x94, the demo's reference): the sizes a real run produces."""
+    import nibabel as nib
+
+    from synflow.align import write_mapping
+    from synflow.align.diffeomorphic_map import DiffeomorphicMap
+    from synflow.data import get_template
+    from synflow.interfaces import RegistrationReportlets
+
+    root.mkdir(parents=True, exist_ok=True)
+    ref_img = nib.load(get_template("b0"))
+    ref = np.asarray(ref_img.dataobj, dtype=np.float32)
+    aff = ref_img.affine
+    mask = np.asarray(nib.load(get_template("brainmask")).dataobj) > 0
+    rng = np.random.default_rng(shift)
+    files = {}
+    vols = {"ref": ref, "mask": mask.astype(np.uint8), "unaligned": np.roll(ref, shift, 0),
+            "affine": np.roll(ref, 1, 1), "warped": ref * (1 + 0.02 * rng.standard_normal(
+                ref.shape)).astype(np.float32)}
+    for key, vol in vols.items():
+        files[key] = root / f"{key}.nii.gz"
+        nib.save(nib.Nifti1Image(vol, aff), files[key])
+    m = DiffeomorphicMap(3, ref.shape, aff, ref.shape, aff, ref.shape, aff)
+    smooth = ndimage.gaussian_filter(rng.standard_normal(ref.shape + (3,)), (6, 6, 6, 0))
+    m.forward = (2.0 * smooth / np.abs(smooth).max()).astype(np.float32)
+    m.backward = -m.forward
+    write_mapping(m, root / "mapping.nii.gz")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        res = RegistrationReportlets(
+            b0_file=str(files["warped"]), mask_file=str(files["mask"]),
+            reference_file=str(files["ref"]), reference_mask=str(files["mask"]),
+            unaligned_file=str(files["unaligned"]), affine_file=str(files["affine"]),
+            warped_file=str(files["warped"]), mapping_file=str(root / "mapping.nii.gz"),
+            series_name=name, qc={"cc_syn": 0.95}, timings={"syn": 4.4}).run()
+    finally:
+        os.chdir(cwd)
+    return json.loads(Path(res.outputs.out_series).read_text())
+
+
+def test_report_size_per_participant_is_bounded(tmp_path: Path) -> None:
+    """One series of full-size figures takes under half the bound, so a participant with
+    two series (like the demo's sub-02) stays under it; the report holds the figures."""
+    series = [_template_size_series(tmp_path / "s1", "sub-02_run-1_dwi", 3)]
+    assert len(series[0]["figures"]) == 8
+    out = write_participant_report(tmp_path / "sub-02.html", "02", series)
+    size_mb = out.stat().st_size / 1e6
+    assert size_mb < MAX_REPORT_MB_PER_PARTICIPANT / 2, f"one series takes {size_mb:.2f} MB"
+    assert size_mb > 0.5, f"{size_mb:.2f} MB: the figures are not in the report"

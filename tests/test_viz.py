@@ -231,7 +231,10 @@ def test_report_structure_escaping_and_atomic_write(tmp_path):
     assert "local CC, after SyN" in text and "0.91" in text
     assert 'class="num warn"' in text  # folding > 0 flagged
     assert "3.75" in text  # total time
-    assert text.count("data:image/png;base64,") == 3 and "data:image/svg+xml;base64," in text
+    # PNG figures as data: URIs; SVG figures inline since issue 13 (base64 made them 1/3
+    # bigger), so no SVG data: URI is left
+    assert text.count('src="data:image/png;base64,') == 3
+    assert "data:image/svg+xml;base64," not in text and 'class="svg-figure"' in text
     with pytest.raises(ValueError, match="status"):
         write_participant_report(tmp_path / "x.html", "02", [{"name": "a", "status": "done"}])
     with pytest.raises(ValueError, match="subject"):
@@ -268,3 +271,113 @@ def test_plot_2d_diffeomorphic_map_equals_dipy(tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 0
     with pytest.raises(ValueError, match="delta"):
         regtools.plot_2d_diffeomorphic_map(mapping, delta=0)
+
+
+# ----------------------------------------------------------------------------- issue 13
+def _embedded_pngs(svg_path: Path) -> list[np.ndarray]:
+    """Pixels (RGB(A) or gray) of every PNG embedded in an SVG figure, in drawing order."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    text = Path(svg_path).read_text()
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB"))
+            for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)]
+
+
+def _ramp_and_mask(shape=(24, 28, 20)):
+    x = np.indices(shape, dtype=np.float32)
+    mask = np.zeros(shape, bool)
+    mask[4:-4, 4:-4, 4:-4] = True
+    img = (100.0 + 40.0 * x[0] + 10.0 * x[1]) * mask
+    return img.astype(np.float32), mask
+
+
+def test_overlays_of_one_series_share_one_window(tmp_path):
+    """An image that covers only part of the mask (the b0 before registration) is drawn
+    with the same brightness as the aligned one when both get the series' window: before
+    the fix each overlay stretched its own percentiles and the unaligned one looked green."""
+    ref, mask = _ramp_and_mask()
+    part = ref.copy()
+    part[: ref.shape[0] // 2 + 2] = 0  # half the brain missing, as before registration
+    own = [reportlets.plot_overlay(ref, m, tmp_path / f"own{i}.svg", mask=mask)
+           for i, m in enumerate((ref, part))]
+    g_full, g_part = (np.concatenate([im[..., 1].ravel() for im in _embedded_pngs(p)])
+                      .astype(int) for p in own)
+    both = (g_part > 0) & (g_full > 0)
+    assert np.abs(g_part[both] - g_full[both]).max() > 20  # the reported bug
+
+    win = reportlets.intensity_window(ref, mask)
+    shared = [reportlets.plot_overlay(ref, m, tmp_path / f"sh{i}.svg", mask=mask,
+                                      fixed_limits=win, moving_limits=win)
+              for i, m in enumerate((ref, part))]
+    g_full, g_part = (np.concatenate([im[..., 1].ravel() for im in _embedded_pngs(p)])
+                      .astype(int) for p in shared)
+    both = (g_part > 0) & (g_full > 0)
+    assert both.sum() > 50
+    assert np.abs(g_part[both] - g_full[both]).max() <= 1
+    with pytest.raises(ValueError, match="moving_limits"):
+        reportlets.plot_overlay(ref, part, tmp_path / "bad.svg", moving_limits=(5, 1))
+
+
+def test_before_after_flicker_one_window_and_named_layers(tmp_path):
+    ref, mask = _ramp_and_mask()
+    part = ref.copy()
+    part[:14] = 0
+    out = reportlets.plot_before_after(ref, part, ref, tmp_path / "ba.svg",
+                                       ("b0 after affine", "b0 after SyN"), mask=mask)
+    from synflow.viz.flicker import flicker_labels
+
+    assert flicker_labels(out.read_text()) == ("b0 after affine", "b0 after SyN")
+    pngs = _embedded_pngs(out)
+    n = len(pngs) // 2
+    for back, front in zip(pngs[:n], pngs[n:], strict=True):  # same slices, both layers
+        both = (back[..., 0] > 0) & (front[..., 0] > 0)
+        np.testing.assert_allclose(back[..., 0][both], front[..., 0][both], atol=1)
+    # the report names its buttons after the layers, not "reference"/"moving"
+    rep = write_participant_report(tmp_path / "r.html", "01", [
+        {"name": "dwi", "status": "ok",
+         "figures": [{"title": "Affine vs. SyN", "path": str(out), "kind": "flicker"}]}])
+    buttons = re.findall(r'data-mode="(?:bg|fg)">([^<]*)<', rep.read_text())
+    assert buttons == ["b0 after affine", "b0 after SyN"]
+
+
+def test_embedded_pngs_are_compacted_without_changing_pixels():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from synflow.viz.mosaic import _compact_png
+
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 255, (30, 40), dtype=np.uint8)
+    rgba = np.dstack([g, g, g, np.full_like(g, 255)])
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    small = _compact_png(b64)
+    assert len(small) < 0.5 * len(b64)
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(small))).convert("RGBA"))
+    np.testing.assert_array_equal(back, rgba)
+
+
+def test_report_timings_have_names_for_people_and_say_what_the_total_is(tmp_path):
+    timings = {"mean b0": 0.16, "brain mask": 1.27, "affine": 4.13, "syn_input": 0.10,
+               "SyN": 4.39, "b0 to reference": 0.56, "QC figures": 2.36}
+    rep = write_participant_report(
+        tmp_path / "r.html", "01",
+        [{"name": "dwi", "status": "ok", "qc": {"cc_syn": 0.9}, "timings": timings}],
+        run_info={"elapsed (s)": 65.0})
+    text = rep.read_text()
+    i = text.index("Time per step")
+    table = text[i:text.index("</table>", i)]
+    for raw in ("syn_input", ">SyN<", ">affine<", "mean b0"):
+        assert raw not in table
+    for name in ("SyN registration", "Mean b0", "Affine pre-alignment", "Masked b0 for SyN"):
+        assert name in table
+    assert "Sum of the steps of this series" in table and "12.97" in table
+    assert "whole run" in text and "65.0 s" in text
+    assert "wall time of the whole run (s)" in text  # the Run table's elapsed time
+    assert "syn_seconds" not in text

@@ -10,15 +10,18 @@ What it does (on the demo dataset, generated on the fly into OUT_DIR/demo_bids):
 3. *your own* node uses the result: here synflow's ``ApplyRegistration`` brings the
    template's grey-matter probability map into the participant's native DWI space
    (``direction="inverse"``), the usual reason to register a b0 to a template;
-4. a plain Nipype ``DataSink`` collects what you want to keep.
+4. a plain Nipype ``DataSink`` collects what you want to keep;
+5. a figure to look at: the template's grey matter (p > 0.5), brought into native DWI
+   space, outlined in red on the participant's mean b0 (``OUT_DIR/gm_on_b0.png``).
 
 Run::
 
     python workflows/use_in_your_pipeline.py --out OUT_DIR [--level-iters 10 10 5] [--fast]
 
-It prints the files it wrote.  Nothing here is specific to the ``synflow`` command: any
-Nipype workflow can embed these factories the same way (``wf.connect`` to the
-``inputnode``/``outputnode`` fields listed in each factory's docstring).
+It prints the files it wrote, then the path of the figure.  Nothing here is specific
+to the ``synflow`` command: any Nipype workflow can embed these factories the same
+way (``wf.connect`` to the ``inputnode``/``outputnode`` fields listed in each factory's
+docstring).
 """
 
 from __future__ import annotations
@@ -68,15 +71,53 @@ def build_pipeline(dwi: Path, bval: Path, out_dir: Path, level_iters: list[int])
     return wf
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", dest="out_dir", type=Path,
-                        help="where to write (default: a temporary folder)")
-    parser.add_argument("--level-iters", type=int, nargs="+", default=[10, 10, 5])
+def plot_gm_on_b0(results: Path, out_png: Path) -> Path:
+    """The native-space grey matter (p > 0.5) outlined in red on the mean b0, as a PNG."""
+    from synflow.io.image import load_volume
+    from synflow.viz import plot_mask_contour
+    from synflow.viz.reportlets import intensity_window
+
+    native = results / "native"
+    gm_file = next(native.glob("*GM*_native.nii*"))
+    b0_file = next(p for p in native.glob("*.nii*") if "GM" not in p.name
+                   and "mask" not in p.name)
+    b0, aff, _ = load_volume(b0_file)
+    brain, _, _ = load_volume(next(native.glob("*_mask.nii*")))
+    gm, _, _ = load_volume(gm_file)
+    return plot_mask_contour(b0, gm > 0.5, out_png, grid2world=aff,
+                             limits=intensity_window(b0, brain > 0),
+                             title="template grey matter (p > 0.5) in native DWI space, "
+                                   "on the mean b0")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="use_in_your_pipeline.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: python workflows/use_in_your_pipeline.py --out /tmp/my-pipeline "
+               "--fast")
+    parser.add_argument("--out", dest="out_dir", type=Path, metavar="OUT_DIR",
+                        help="folder to write to: the demo dataset (OUT_DIR/demo_bids), "
+                             "Nipype's work folder (OUT_DIR/work), the kept files "
+                             "(OUT_DIR/results) and the figure (OUT_DIR/gm_on_b0.png); "
+                             "default: a new temporary folder")
+    parser.add_argument("--level-iters", type=int, nargs="+", default=[10, 10, 5],
+                        metavar="N",
+                        help="SyN iterations per resolution level, coarsest first "
+                             "(default: 10 10 5; synflow's command uses 50 50 10)")
     parser.add_argument("--fast", action="store_true",
-                        help="few iterations (level_iters 2 2 1), for a quick smoke run")
-    parser.add_argument("--nprocs", type=int, default=2)
-    opts = parser.parse_args(argv)
+                        help="very few iterations (level_iters 2 2 1): checks that the "
+                             "pipeline runs, in well under a minute; the registration is "
+                             "rough")
+    parser.add_argument("--nprocs", type=int, default=2, metavar="N",
+                        help="processes Nipype's MultiProc plugin may run at once "
+                             "(default: 2)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the example; returns the figure's path."""
+    opts = _parser().parse_args(argv)
     if opts.fast:
         opts.level_iters = [2, 2, 1]
     out_dir = (opts.out_dir or Path(tempfile.mkdtemp(prefix="synflow-example-"))).absolute()
@@ -92,7 +133,9 @@ def main(argv: list[str] | None = None) -> Path:
     for path in sorted(results.rglob("*")):
         if path.is_file():
             print(path)
-    return results
+    figure = plot_gm_on_b0(results, out_dir / "gm_on_b0.png")
+    print(f"figure: {figure}")
+    return figure
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ FIGURE_SPECS: dict[str, tuple[str, str, str]] = {
                   "Mean b0 (native space) with the median-Otsu brain mask outlined in red.",
                   "mask"),
     "overlaybefore": ("Before registration",
-                      "Reference (red) and b0 (green) in world coordinates, no transform.",
+                      "Reference (red) and b0 (green) in world coordinates, no transform. "
+                      "The three overlays share one brightness window per image.",
                       "overlay"),
     "overlayaffine": ("After the affine",
                       "Reference (red) and b0 (green) after the affine pre-alignment.",
@@ -63,14 +64,27 @@ FIGURE_SPECS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: What the two layers of each flicker figure show: the report's button names.
+FLICKER_LABELS: dict[str, tuple[str, str]] = {
+    "flickersyn": ("reference", "b0 after SyN"),
+    "affinesyn": ("b0 after affine", "b0 after SyN"),
+}
+
+
 def figure_entries(paths: Sequence[str | Path], descs: Sequence[str]) -> list[dict[str, str]]:
-    """Report figure dicts (``title``, ``path``, ``caption``, ``kind``) in report order."""
+    """Report figure dicts (``title``, ``path``, ``caption``, ``kind``) in report order.
+
+    Flicker figures also get ``before_label``/``after_label`` (:data:`FLICKER_LABELS`).
+    """
     by_desc = dict(zip(descs, paths, strict=True))
     out = []
     for desc, (title, caption, kind) in FIGURE_SPECS.items():
         if desc in by_desc:
-            out.append({"title": title, "path": str(by_desc[desc]), "caption": caption,
-                        "kind": kind})
+            entry = {"title": title, "path": str(by_desc[desc]), "caption": caption,
+                     "kind": kind}
+            if desc in FLICKER_LABELS:
+                entry["before_label"], entry["after_label"] = FLICKER_LABELS[desc]
+            out.append(entry)
     return out
 
 
@@ -125,16 +139,24 @@ class RegistrationReportlets(SimpleInterface):
         figs: dict[str, Path] = {}
         figs["brainmask"] = rl.plot_mask_contour(b0, mask > 0, cwd / "brainmask.svg",
                                                  grid2world=b0_aff)
+        # one display window per image for the whole series, so every panel shows it
+        # with the same brightness: the reference's in its mask, the b0's from the b0
+        # after SyN in that same mask (the one placement where both cover the same brain)
+        ref_win = rl.intensity_window(ref, ref_mask)
+        b0_win = rl.intensity_window(warped, ref_mask)
         for desc, moving in (("overlaybefore", unaligned), ("overlayaffine", affine),
                              ("overlaysyn", warped)):
             figs[desc] = rl.plot_overlay(ref, moving, cwd / f"{desc}.svg", mask=ref_mask,
-                                         grid2world=ref_aff)
+                                         grid2world=ref_aff, fixed_limits=ref_win,
+                                         moving_limits=b0_win)
+        labels = FLICKER_LABELS["flickersyn"]
         figs["flickersyn"] = rl.plot_registration(
             ref, warped, cwd / "flickersyn.svg", mask=ref_mask, grid2world=ref_aff,
-            fixed_label="reference", moving_label="b0 after SyN", contour=ref_mask)
+            fixed_label=labels[0], moving_label=labels[1], contour=ref_mask,
+            fixed_limits=ref_win, moving_limits=b0_win)
         figs["affinesyn"] = rl.plot_before_after(
-            ref, affine, warped, cwd / "affinesyn.svg", ("after affine", "after SyN"),
-            mask=ref_mask, grid2world=ref_aff)
+            ref, affine, warped, cwd / "affinesyn.svg", FLICKER_LABELS["affinesyn"],
+            mask=ref_mask, grid2world=ref_aff, limits=b0_win)
         mapping = read_mapping(self.inputs.mapping_file)
         disp = np.asarray(mapping.get_forward_field(), dtype=np.float32)
         grid2world = getattr(mapping, "disp_grid2world", None)

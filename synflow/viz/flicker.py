@@ -7,6 +7,7 @@ mouse is over it.  :func:`prefix_svg_ids` lets several SVGs share one HTML page.
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 
 from synflow.viz.mosaic import _render_svg
 
-__all__ = ["FLICKER_CSS", "compose_flicker_svg", "prefix_svg_ids"]
+__all__ = ["FLICKER_CSS", "compose_flicker_svg", "flicker_labels", "prefix_svg_ids"]
 
 FLICKER_CSS = (
     "@keyframes synflowFlicker { 0% {opacity: 1;} 100% {opacity: 0;} }\n"
@@ -53,23 +54,42 @@ def _svg_element(svg: str, prefix: str) -> str:
     return head + body[head_end:]
 
 
-def compose_flicker_svg(background: Figure, foreground: Figure, prefix: str = "fl") -> str:
-    """Stack two same-size figures into one SVG (nireports ``compose_view`` style)."""
+def compose_flicker_svg(background: Figure, foreground: Figure, prefix: str = "fl",
+                        labels: tuple[str, str] | None = None) -> str:
+    """Stack two same-size figures into one SVG (nireports ``compose_view`` style).
+
+    ``labels`` (what the background and the foreground show, e.g. ``("b0 after affine",
+    "b0 after SyN")``) are stored as ``data-bg-label``/``data-fg-label`` on the root
+    element; the HTML report names its buttons after them (:func:`flicker_labels`).
+    """
     w_pt = background.get_figwidth() * 72
     h_pt = background.get_figheight() * 72
     bg = _svg_element(_render_svg(background), f"{prefix}bg-")
     fg = _svg_element(_render_svg(foreground), f"{prefix}fg-")
+    attrs = ""
+    if labels is not None:
+        attrs = "".join(f' data-{k}-label="{html.escape(str(v), quote=True)}"'
+                        for k, v in zip(("bg", "fg"), labels, strict=True))
     return (
         '<?xml version="1.0" encoding="utf-8" standalone="no"?>\n'
         '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
         f'version="1.1" width="{w_pt:.2f}pt" height="{h_pt:.2f}pt" '
         f'viewBox="0 0 {w_pt:.2f} {h_pt:.2f}" class="synflow-flicker" '
-        'preserveAspectRatio="xMidYMid meet">\n'
+        f'preserveAspectRatio="xMidYMid meet"{attrs}>\n'
         f"<style type=\"text/css\">\n{FLICKER_CSS}</style>\n"
         f'<g class="background-svg">\n{bg}\n</g>\n'
         f'<g class="foreground-svg">\n{fg}\n</g>\n'
         "</svg>\n"
     )
+
+
+_LABEL_RE = re.compile(r'<svg[^>]*?\sdata-bg-label="([^"]*)"[^>]*?\sdata-fg-label="([^"]*)"')
+
+
+def flicker_labels(svg: str) -> tuple[str, str] | None:
+    """The ``(background, foreground)`` labels :func:`compose_flicker_svg` stored, or None."""
+    m = _LABEL_RE.search(svg[:4000])
+    return (html.unescape(m.group(1)), html.unescape(m.group(2))) if m else None
 
 
 def _prefix_from(out: Path) -> str:

@@ -8,8 +8,10 @@ All drawing uses matplotlib's Agg/SVG canvases: no display, no :mod:`matplotlib.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image as PILImage
 
-from synflow._atomic import atomic_path
+from synflow._atomic import atomic_path, atomic_write_text
 from synflow.align.affine_checks import check_affine
 from synflow.segment.mask import bounding_box
 
-__all__ = ["ORIENTATIONS", "cuts_from_bbox"]
+__all__ = ["ORIENTATIONS", "cuts_from_bbox", "intensity_window"]
 
 PathLike = str | os.PathLike[str]
 ORIENTATIONS = ("sagittal", "coronal", "axial")
@@ -114,6 +117,31 @@ def _robust_limits(vol: np.ndarray, mask: np.ndarray | None) -> tuple[float, flo
     if hi <= lo:
         hi = lo + 1.0
     return float(lo), float(hi)
+
+
+def intensity_window(vol: Any, mask: Any = None) -> tuple[float, float]:
+    """Display window ``(lo, hi)`` of ``vol``: its 0.5 and 99.5 percentiles in ``mask``.
+
+    In the units of ``vol``. Without a mask (or with an empty one) the non-zero voxels are
+    used. Compute it once per image and pass it to every figure of a series (the
+    ``*_limits`` arguments of :mod:`synflow.viz.reportlets`) so that all panels show the
+    image with the same brightness.
+    """
+    vol = _vol(vol, "vol")
+    mask = _optional_vol(mask, "mask", vol.shape, as_bool=True)
+    return _robust_limits(vol, mask)
+
+
+def _limits_or(lims: Any, name: str, vol: np.ndarray, mask: np.ndarray | None
+               ) -> tuple[float, float]:
+    """``lims`` checked (two finite numbers, lo < hi), or :func:`_robust_limits` if None."""
+    if lims is None:
+        return _robust_limits(vol, mask)
+    arr = np.asarray(lims, dtype=np.float64)
+    if arr.shape != (2,) or not np.all(np.isfinite(arr)) or not arr[0] < arr[1]:
+        raise ValueError(f"{name} must be two finite numbers (lo, hi) with lo < hi, "
+                         f"got {lims!r}")
+    return float(arr[0]), float(arr[1])
 
 
 def _slice(vol: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -223,12 +251,16 @@ class _Mosaic:
         return im
 
     def lines(self, axis: int, col: int, segs: list[np.ndarray], color: str, lw: float,
-              clip: bool = True) -> None:
-        """Polylines given in in-plane voxel coordinates (x = p axis, y = q axis)."""
+              clip: bool = True, rasterized: bool = False) -> None:
+        """Polylines given in in-plane voxel coordinates (x = p axis, y = q axis).
+
+        ``rasterized`` draws them as pixels (100 dpi, about the size shown) even in an SVG:
+        far smaller for the thousands of segments of a deformation grid.
+        """
         if not segs:
             return
         moved = [np.column_stack(self.to_panel(axis, col, sg[:, 0], sg[:, 1])) for sg in segs]
-        lc = LineCollection(moved, colors=color, linewidths=lw)
+        lc = LineCollection(moved, colors=color, linewidths=lw, rasterized=rasterized)
         if clip:
             lc.set_clip_path(self.clip_rect(axis, col))
         self.rows[axis].add_collection(lc)
@@ -271,10 +303,36 @@ class _Mosaic:
             a.set_ylim(-0.5, self.ext[q] - 0.5)
 
 
+_PNG_RE = re.compile(r'data:image/png;base64,([A-Za-z0-9+/=\s]+)')
+
+
+def _compact_png(b64: str) -> str:
+    """An embedded RGBA PNG re-encoded with as few channels as it needs (gray, RGB).
+
+    matplotlib writes every image as 8-bit RGBA; the QC slices are gray or opaque, so this
+    makes them 2-4x smaller with the same pixels.
+    """
+    im = PILImage.open(io.BytesIO(base64.b64decode(b64)))
+    arr = np.asarray(im.convert("RGBA"))
+    if np.all(arr[..., 3] == 255):
+        rgb = arr[..., :3]
+        gray = bool(np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2]))
+        im = PILImage.fromarray(np.ascontiguousarray(rgb[..., 0]) if gray else rgb)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    out = base64.b64encode(buf.getvalue()).decode("ascii")
+    return out if len(out) < len(b64) else b64
+
+
+def _compact_svg(svg: str) -> str:
+    """``svg`` with its embedded PNGs made smaller by :func:`_compact_png` (same pixels)."""
+    return _PNG_RE.sub(lambda m: "data:image/png;base64," + _compact_png(m.group(1)), svg)
+
+
 def _render_svg(fig: Figure) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", facecolor=fig.get_facecolor())
-    return buf.getvalue()
+    fig.savefig(buf, format="svg", facecolor=fig.get_facecolor(), dpi=100)
+    return _compact_svg(buf.getvalue())
 
 
 def _out_path(out: PathLike, allowed: tuple[str, ...] = (".svg", ".png")) -> Path:
@@ -290,9 +348,10 @@ def _save(fig: Figure, out: Path) -> Path:
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in ("svg", "png"):
         raise ValueError(f"out must end in .svg or .png, got {out.name!r}")
-    kw: dict[str, Any] = {"dpi": 150} if fmt == "png" else {}
+    if fmt == "svg":
+        return Path(atomic_write_text(out, _render_svg(fig)))
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=fmt, facecolor=fig.get_facecolor(), **kw)
+        fig.savefig(tmp, format=fmt, facecolor=fig.get_facecolor(), dpi=150)
     return out
 
 

@@ -3,10 +3,11 @@
 :func:`write_participant_report` turns the figures and numbers of each processed series into
 one self-contained HTML file: every image is inlined (SVG flicker figures as inline SVG,
 other figures as ``data:`` URIs), CSS and JavaScript are embedded, nothing is fetched from
-the network, so the file can be moved or mailed on its own. Size is roughly the sum of the
-figure files (+33 % base64 for those embedded as ``data:`` URIs): about 1.5 MB per series
-with the full set of figures for a 96x114x72 b0 (mask, 3 flickers, 3 overlays, grid,
-Jacobian), ~1.1 MB per series for a 40x48x36 test volume. The footer states the size.
+the network, so the file can be moved or mailed on its own. SVG figures are inlined as
+they are (no base64), PNG figures as ``data:`` URIs (+33 %). Size is about the sum of the
+figure files: about 1.9 MB per series with the full set of 8 figures on the 2 mm template
+grid (98x116x94; demo dataset), so a participant with two series stays under 5 MB
+(``tests/test_report_browser.py`` checks it). The footer states the size.
 
 The report is written atomically (temporary file in the same folder + :func:`os.replace`).
 """
@@ -25,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write_text
-from .flicker import prefix_svg_ids
+from .flicker import flicker_labels, prefix_svg_ids
 
-__all__ = ["QC_DESCRIPTIONS", "write_participant_report"]
+__all__ = ["QC_DESCRIPTIONS", "STEP_LABELS", "step_timings", "write_participant_report"]
 
 PathLike = str | os.PathLike[str]
 
@@ -178,8 +179,11 @@ def _figure_html(fig: Mapping[str, Any], ids: _Ids) -> str:
         parts.append(f'<p class="caption">{_esc(caption)}</p>')
     before, after = fig.get("before"), fig.get("after")
     path = Path(fig["path"]) if fig.get("path") else None
-    bg_label = str(fig.get("before_label") or "reference")
-    fg_label = str(fig.get("after_label") or "moving")
+    svg_labels = None
+    if path is not None and path.suffix.lower() == ".svg" and path.is_file():
+        svg_labels = flicker_labels(path.read_text(encoding="utf-8")[:4000])
+    bg_label = str(fig.get("before_label") or (svg_labels or ("reference",))[0])
+    fg_label = str(fig.get("after_label") or (svg_labels or ("", "moving"))[1])
     if kind == "flicker" and before and after:
         pb, pa = Path(before), Path(after)
         if pb.is_file() and pa.is_file():
@@ -201,6 +205,10 @@ def _figure_html(fig: Mapping[str, Any], ids: _Ids) -> str:
         parts.append(_flicker_controls(bg_label, fg_label))
         parts.append('<div class="flicker-stage" title="click to switch">'
                      + _inline_svg(path, ids) + "</div></div>")
+    elif path.suffix.lower() == ".svg":
+        # inline, not a base64 data: URI (a third smaller)
+        parts.append(f'<div class="svg-figure" role="img" aria-label="{_esc(title)}">'
+                     + _inline_svg(path, ids) + "</div>")
     else:
         parts.append(_img(path, title))
     parts.append("</figure>")
@@ -227,19 +235,58 @@ def _qc_table(qc: Mapping[str, Any]) -> str:
             + "".join(rows) + "</table>")
 
 
-def _timings_table(t: Mapping[str, Any]) -> str:
-    rows = []
-    total = 0.0
+#: Names for people of the processing steps, keyed by Nipype node name and by the short
+#: labels of the ``synflow`` command's progress lines (both reach the report's timings).
+STEP_LABELS: dict[str, str] = {
+    "extract_b0": "Mean b0", "mean b0": "Mean b0",
+    "median_otsu": "Brain mask", "apply_mask": "Brain mask", "brain mask": "Brain mask",
+    "syn_input": "Masked b0 for SyN",
+    "affine_prealign": "Affine pre-alignment", "affine": "Affine pre-alignment",
+    "syn": "SyN registration", "SyN": "SyN registration",
+    "b0_to_reference": "b0 resampled to the reference",
+    "b0 to reference": "b0 resampled to the reference",
+    "reportlets": "QC figures", "QC figures": "QC figures", "figures": "QC figures",
+    "outputs": "Writing the outputs",
+}
+
+#: Run-table keys shown with a longer name.
+_RUN_LABELS = {"elapsed (s)": "wall time of the whole run (s)"}
+_WALL_KEY = "elapsed (s)"
+
+
+def step_timings(t: Mapping[str, Any]) -> dict[str, float]:
+    """Seconds per step under the names of :data:`STEP_LABELS` (same name = summed).
+
+    Keys without a known name are kept as given; values that are not numbers are dropped.
+    """
+    out: dict[str, float] = {}
     for k, v in t.items():
         try:
             sec = float(v)
-            total += sec
-            val = f"{sec:.2f}"
         except (TypeError, ValueError):
-            val = _fmt(v)
-        rows.append(f'<tr><th>{_esc(k)}</th><td class="num">{_esc(val)}</td></tr>')
-    rows.append(f'<tr><th>total</th><td class="num"><b>{total:.2f}</b></td></tr>')
-    return "<table><tr><th>step</th><th>seconds</th></tr>" + "".join(rows) + "</table>"
+            continue
+        if sec != sec:  # NaN
+            continue
+        name = STEP_LABELS.get(str(k), str(k))
+        out[name] = out.get(name, 0.0) + sec
+    return out
+
+
+def _timings_table(t: Mapping[str, Any], wall_s: Any = None) -> str:
+    steps = step_timings(t)
+    rows = [f'<tr><th>{_esc(k)}</th><td class="num">{v:.2f}</td></tr>'
+            for k, v in steps.items()]
+    rows.append('<tr class="total"><th>Sum of the steps of this series</th>'
+                f'<td class="num"><b>{sum(steps.values()):.2f}</b></td></tr>')
+    note = ("Each step's wall time (s). Steps of other series may run at the same time, so "
+            "the sum is not the time the run took")
+    try:
+        note += (f"; the whole run (every participant and series, preparing the reference, "
+                 f"starting up) took {float(wall_s):.1f} s.")
+    except (TypeError, ValueError):
+        note += "."
+    return ("<table><tr><th>step</th><th>seconds</th></tr>" + "".join(rows) + "</table>"
+            f'<p class="caption">{_esc(note)}</p>')
 
 
 def _params_html(p: Mapping[str, Any]) -> str:
@@ -254,7 +301,7 @@ def _status(s: Mapping[str, Any]) -> str:
     return st if st in ("ok", "failed") else "other"
 
 
-def _series_html(s: Mapping[str, Any], anchor: str, ids: _Ids) -> str:
+def _series_html(s: Mapping[str, Any], anchor: str, ids: _Ids, wall_s: Any = None) -> str:
     name = str(s.get("name") or "series")
     st = _status(s)
     out = [f'<section class="card series" id="{_esc(anchor)}">',
@@ -275,7 +322,8 @@ def _series_html(s: Mapping[str, Any], anchor: str, ids: _Ids) -> str:
     if s.get("qc"):
         blocks.append("<div><h3>Quality numbers</h3>" + _qc_table(s["qc"]) + "</div>")
     if s.get("timings"):
-        blocks.append("<div><h3>Time per step</h3>" + _timings_table(s["timings"]) + "</div>")
+        blocks.append("<div><h3>Time per step</h3>" + _timings_table(s["timings"], wall_s)
+                      + "</div>")
     if blocks:
         out.append('<div class="grid2">' + "".join(blocks) + "</div>")
     if s.get("parameters"):
@@ -290,10 +338,7 @@ def _summary_html(series: Sequence[Mapping[str, Any]], anchors: list[str]) -> st
         st = _status(s)
         qc = s.get("qc") or {}
         t = s.get("timings") or {}
-        try:
-            total = f"{sum(float(v) for v in t.values()):.1f}" if t else "n/a"
-        except (TypeError, ValueError):
-            total = "n/a"
+        total = f"{sum(step_timings(t).values()):.1f}" if t else "n/a"
         note = ""
         if s.get("error"):
             lines = str(s["error"]).strip().splitlines()
@@ -310,7 +355,7 @@ def _summary_html(series: Sequence[Mapping[str, Any]], anchors: list[str]) -> st
     n_ok = sum(_status(s) == "ok" for s in series)
     head = ("<tr><th>series</th><th>status</th><th>local CC before</th>"
             "<th>local CC after SyN</th><th>folding %</th><th>inverse consistency (mm)</th>"
-            "<th>time (s)</th><th>error</th></tr>")
+            "<th>sum of steps (s)</th><th>error</th></tr>")
     return (f'<section class="card" id="summary"><h2>Summary</h2>'
             f"<p>{n_ok} of {len(series)} series processed successfully.</p>"
             f"<table>{head}{''.join(rows)}</table></section>")
@@ -400,8 +445,10 @@ def write_participant_report(
         "<main>",
         _summary_html(series, anchors),
     ]
-    body.extend(_series_html(s, a, ids) for s, a in zip(series, anchors, strict=True))
-    run_rows = {"software": soft, "generated": now, **dict(run_info or {})}
+    wall_s = (run_info or {}).get(_WALL_KEY)
+    body.extend(_series_html(s, a, ids, wall_s) for s, a in zip(series, anchors, strict=True))
+    run_rows = {"software": soft, "generated": now,
+                **{_RUN_LABELS.get(k, k): v for k, v in dict(run_info or {}).items()}}
     body.append('<section class="card" id="run"><h2>Run</h2>' + _kv_table(run_rows) + "</section>")
     body.append(f'<section class="card" id="help"><h2>How to read this report</h2>{_HELP}'
                 "</section>")

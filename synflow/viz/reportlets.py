@@ -38,6 +38,7 @@ from synflow.viz.mosaic import (
     _bbox,
     _contour_segs,
     _gray_mosaic,
+    _limits_or,
     _Mosaic,
     _optional_vol,
     _out_path,
@@ -48,6 +49,7 @@ from synflow.viz.mosaic import (
     _slice,
     _vol,
     cuts_from_bbox,
+    intensity_window,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "ORIENTATIONS",
     "compose_flicker_svg",
     "cuts_from_bbox",
+    "intensity_window",
     "plot_before_after",
     "plot_deformation_grid",
     "plot_jacobian",
@@ -73,6 +76,7 @@ def plot_mask_contour(
     grid2world: np.ndarray | None = None,
     n_cuts: int = 6,
     title: str | None = None,
+    limits: tuple[float, float] | None = None,
 ) -> Path:
     """b0 in gray with the outline of the brain ``mask`` (red), three orientations.
 
@@ -91,13 +95,16 @@ def plot_mask_contour(
         Slices per orientation, spread over the mask's bounding box.
     title : str, optional
         Figure title.
+    limits : (lo, hi), optional
+        Gray window in the units of ``b0`` (default: :func:`intensity_window` of ``b0`` in
+        ``mask``); give it when ``mask`` is not the brain, e.g. a grey-matter outline.
     """
     out = _out_path(out)
     b0 = _vol(b0, "b0")
     mask = _vol(mask, "mask", b0.shape).astype(bool)
     (b0r, mr), aff, zooms = _reorient([b0, mask], grid2world)
     cuts = cuts_from_bbox(mr, b0r.shape, n_cuts)
-    fig = _gray_mosaic(b0r, _robust_limits(b0r, mr), b0r.shape, zooms, cuts,
+    fig = _gray_mosaic(b0r, _limits_or(limits, "limits", b0r, mr), b0r.shape, zooms, cuts,
                        aff if grid2world is not None else None, title,
                        _bbox(mr, b0r.shape), _contour_segs(mr, cuts))
     return _save(fig, Path(out))
@@ -107,6 +114,8 @@ def _flicker_pair(
     back: np.ndarray, front: np.ndarray, out: Path, *, mask: np.ndarray | None,
     grid2world: np.ndarray | None, n_cuts: int, back_label: str, front_label: str,
     contour: np.ndarray | None, title: str | None,
+    back_limits: tuple[float, float] | None = None,
+    front_limits: tuple[float, float] | None = None,
 ) -> Path:
     if out.suffix.lower() != ".svg":
         raise ValueError(f"flicker figures must be written as .svg, got {out.name!r}")
@@ -121,11 +130,13 @@ def _flicker_pair(
     affn = aff if grid2world is not None else None
     base = f"{title}: " if title else ""
     segs = _contour_segs(cr, cuts)  # shared by both layers
-    fig_b = _gray_mosaic(br, _robust_limits(br, mr), br.shape, zooms, cuts, affn,
-                         f"{base}{back_label}", crop, segs)
-    fig_f = _gray_mosaic(fr, _robust_limits(fr, mr), br.shape, zooms, cuts, affn,
-                         f"{base}{front_label}", crop, segs)
-    return atomic_write_text(out, compose_flicker_svg(fig_b, fig_f, _prefix_from(out)))
+    fig_b = _gray_mosaic(br, _limits_or(back_limits, "limits", br, mr), br.shape, zooms,
+                         cuts, affn, f"{base}{back_label}", crop, segs)
+    fig_f = _gray_mosaic(fr, _limits_or(front_limits, "limits", fr, mr), br.shape, zooms,
+                         cuts, affn, f"{base}{front_label}", crop, segs)
+    svg = compose_flicker_svg(fig_b, fig_f, _prefix_from(out),
+                              labels=(back_label, front_label))
+    return atomic_write_text(out, svg)
 
 
 def plot_registration(
@@ -140,18 +151,24 @@ def plot_registration(
     moving_label: str = "moving",
     contour: np.ndarray | None = None,
     title: str | None = None,
+    fixed_limits: tuple[float, float] | None = None,
+    moving_limits: tuple[float, float] | None = None,
 ) -> Path:
     """Flicker SVG: ``fixed`` (background layer) and ``moving`` (foreground layer).
 
-    Both layers are the same mosaic (sagittal/coronal/axial rows), each scaled to its own
-    0.5-99.5 percentile range in ``mask``; ``contour`` (e.g. the reference brain mask) is
+    Both layers are the same mosaic (sagittal/coronal/axial rows). Each is shown in gray
+    between its ``*_limits`` (image units; default: its own 0.5-99.5 percentile range in
+    ``mask``, see :func:`intensity_window`); ``contour`` (e.g. the reference brain mask) is
     outlined in red on both so misalignment stands out. Hovering the foreground fades it in
-    and out (CSS animation); the report adds controls. ``out`` must end in ``.svg``.
+    and out (CSS animation); the report adds controls named ``fixed_label`` and
+    ``moving_label`` (stored in the SVG's ``data-bg-label``/``data-fg-label``). ``out``
+    must end in ``.svg``.
     """
     out = _out_path(out, (".svg",))
     return _flicker_pair(fixed, moving, Path(out), mask=mask, grid2world=grid2world,
                          n_cuts=n_cuts, back_label=fixed_label, front_label=moving_label,
-                         contour=contour, title=title)
+                         contour=contour, title=title, back_limits=fixed_limits,
+                         front_limits=moving_limits)
 
 
 def plot_before_after(
@@ -165,19 +182,26 @@ def plot_before_after(
     grid2world: np.ndarray | None = None,
     n_cuts: int = 6,
     title: str | None = None,
+    limits: tuple[float, float] | None = None,
 ) -> Path:
     """Flicker SVG between ``moving_before`` and ``moving_after``, reference outline on both.
 
     The outline is ``mask`` if given, else the reference's non-zero voxels; ``fixed`` sets
-    it and, without a mask, the slice positions.
+    it and, without a mask, the slice positions. Both layers show the moving image with the
+    same gray window ``limits`` (image units; default: the 0.5-99.5 percentiles of
+    ``moving_after`` in the mask), so only the alignment changes between them.
     """
     out = _out_path(out, (".svg",))
     fixed = _vol(fixed, "fixed")
     contour = mask if mask is not None else fixed > 0
+    window = limits
+    if window is None:
+        window = intensity_window(_vol(moving_after, "moving_after", fixed.shape), contour)
     return _flicker_pair(moving_before, moving_after, Path(out),
                          mask=mask if mask is not None else fixed > 0,
                          grid2world=grid2world, n_cuts=n_cuts, back_label=labels[0],
-                         front_label=labels[1], contour=contour, title=title)
+                         front_label=labels[1], contour=contour, title=title,
+                         back_limits=window, front_limits=window)
 
 
 def plot_overlay(
@@ -189,12 +213,16 @@ def plot_overlay(
     grid2world: np.ndarray | None = None,
     n_cuts: int = 6,
     title: str | None = None,
+    fixed_limits: tuple[float, float] | None = None,
+    moving_limits: tuple[float, float] | None = None,
 ) -> Path:
     """Red/green overlay: ``fixed`` in red, ``moving`` in green (yellow where both are bright).
 
-    Each image is scaled to its own 0.5-99.5 percentile range in ``mask`` and clipped to
-    [0, 1]. Good alignment looks yellow with thin red/green fringes; a shift shows a red
-    edge on one side and a green edge on the other.
+    Each image is scaled from its ``*_limits`` window (image units) to [0, 1] and clipped.
+    By default the window is the image's own 0.5-99.5 percentile range in ``mask``; pass
+    the same windows (:func:`intensity_window`, once per series) to every overlay of a
+    series so before/after panels are comparable. Good alignment looks yellow with thin
+    red/green fringes; a shift shows a red edge on one side and a green edge on the other.
     """
     out = _out_path(out)
     fixed = _vol(fixed, "fixed")
@@ -203,8 +231,8 @@ def plot_overlay(
     (fr, mvr, mr), aff, zooms = _reorient([fixed, moving, mask], grid2world)
     roi = mr if mr is not None else fr != 0
     cuts = cuts_from_bbox(roi, fr.shape, n_cuts)
-    lf, hf = _robust_limits(fr, mr)
-    lm, hm = _robust_limits(mvr, mr)
+    lf, hf = _limits_or(fixed_limits, "fixed_limits", fr, mr)
+    lm, hm = _limits_or(moving_limits, "moving_limits", mvr, mr)
     red = np.clip((fr.astype(np.float32) - lf) / (hf - lf), 0, 1)
     green = np.clip((mvr.astype(np.float32) - lm) / (hm - lm), 0, 1)
     mos = _Mosaic(fr.shape, zooms, cuts, title=title or "overlay: reference red, moving green",
@@ -275,7 +303,7 @@ def plot_deformation_grid(
                 for q0 in range(int(lo[q]), int(hi[q]) + 1, spacing)]
         segs += [np.column_stack([xs[p0, q_rng], ys[p0, q_rng]])
                  for p0 in range(int(lo[p]), int(hi[p]) + 1, spacing)]
-        mos.lines(ax, col, segs, "#ffd21f", 0.5)
+        mos.lines(ax, col, segs, "#ffd21f", 0.5, rasterized=True)
     mos.finish()
     return _save(mos.fig, Path(out))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -54,15 +56,64 @@ class Reference:
             self.space = self.space or f"sub{self.participant}"
 
     def describe(self) -> dict:
-        """JSON-able summary for sidecars and the report."""
-        out = {"Kind": self.kind, "Space": self.space}
+        """JSON-able summary for sidecars and the report.
+
+        Files are recorded so that the record stays true when synflow is reinstalled: a
+        bundled template file by its name, the synflow version and its SHA-256 (never the
+        site-packages path, which changes); a user's file by its path and SHA-256.
+        """
+        out: dict = {"Kind": self.kind, "Space": self.space}
+        files = ({"Source": self.dwi_file} if self.kind == "participant"
+                 else {"Image": self.image})
         if self.kind == "participant":
-            out.update(Participant=self.participant, Source=str(self.dwi_file))
-        else:
-            out["Image"] = str(self.image)
+            out["Participant"] = self.participant
         if self.mask:
-            out["Mask"] = str(self.mask)
+            files["Mask"] = self.mask
+        bundled = False
+        for key, fname in files.items():
+            rec, in_package = _file_record(key, fname)
+            out.update(rec)
+            bundled = bundled or in_package
+        if bundled:
+            from synflow import __version__
+            from synflow.data import TEMPLATE_SPACE
+
+            out["Template"] = f"tpl-{TEMPLATE_SPACE} res-02"
+            out["SynflowVersion"] = __version__
         return out
+
+
+def file_sha256(fname: str | Path) -> str:
+    """Hex SHA-256 of the bytes of ``fname`` (read in 1 MiB blocks)."""
+    return _sha256_cached(str(Path(fname).resolve()), *_stamp(fname))
+
+
+def _stamp(fname: str | Path) -> tuple[int, int]:
+    st = Path(fname).stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_record(key: str, fname: str | None) -> tuple[dict, bool]:
+    """``({key: path, key+"SHA256": checksum}, bundled)``; a bundled file by its name only."""
+    from synflow.data import DATA_DIR
+
+    if not fname:
+        return {}, False
+    path = Path(fname)
+    if not path.is_file():
+        return {key: str(fname)}, False
+    bundled = path.resolve().parent == DATA_DIR
+    return {key: path.name if bundled else str(fname),
+            f"{key}SHA256": file_sha256(path)}, bundled
 
 
 def init_reference_wf(reference: Reference, *, omp_nthreads: int = 1,
