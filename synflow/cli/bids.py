@@ -39,6 +39,8 @@ class Selection:
 
     participants: dict[str, list[DWISeries]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    #: files PyBIDS found that are not at a BIDS path, and why (listed, not processed)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -184,10 +186,18 @@ def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
                   session_labels: list[str] | None, filters: dict[str, Any],
                   b0_threshold: float) -> Selection:
     """Find and pre-check every DWI series to process (see the module docstring)."""
+    from synflow.cli.names import label_problem
+
     sel = Selection()
     on_disk = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
     wanted = on_disk if participant_labels is None else participant_labels
     for label in wanted:
+        bad_label = label_problem(label)
+        if bad_label is not None:
+            sel.problems.append(Problem(label, "-", (
+                f"folder {bids_dir / ('sub-' + label)}: {bad_label}. Rename the folder (and "
+                "the files in it)."), ExitCode.BIDS_INVALID))
+            continue
         if label not in on_disk:
             hint = container_mount_hint(bids_dir / f"sub-{label}")
             sel.problems.append(Problem(label, "-", (
@@ -220,34 +230,44 @@ def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
                 f"or leave the participant out with --participant-label."),
                 ExitCode.NO_INPUT))
             continue
-        series = []
-        stems: dict[str, list[str]] = {}
-        for dwi in files:
-            stems.setdefault(_stem(dwi), []).append(dwi)
-        for dwi in files:
-            twins = stems[_stem(dwi)]
-            if len(twins) > 1:  # same series as .nii and .nii.gz: same outputs, same nodes
-                sel.problems.append(Problem(label, Path(dwi).name, (
-                    f"{dwi}: the same series exists as {' and '.join(sorted(twins))}; keep "
-                    "one of them (they would write the same outputs)."), ExitCode.DATA_ERROR))
-                continue
-            item, problem = check_series(layout, dwi, b0_threshold)
-            if problem is not None:
-                sel.problems.append(Problem(label, item.name if item else Path(dwi).name,
-                                            problem[0], problem[1]))
-            else:
-                series.append(item)
-        sel.participants[label] = series
+        sel.participants[label] = _check_files(sel, layout, label, files, bids_dir,
+                                               b0_threshold)
     return sel
 
 
-def _stem(fname: str) -> str:
-    """Path without ``.nii``/``.nii.gz``."""
-    name = str(fname)
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+def _check_files(sel: Selection, layout, label: str, files: list[str], bids_dir: Path,
+                 b0_threshold: float) -> list[DWISeries]:
+    """The series of ``files`` that pass; the others go to ``sel.ignored``/``sel.problems``
+    (see :mod:`synflow.cli.names`)."""
+    from synflow.cli.names import bids_path_problem, entity_problem
+
+    kept = []
+    for dwi in files:
+        why = bids_path_problem(dwi, bids_dir)
+        if why is None:
+            kept.append(dwi)
+        else:
+            sel.ignored.append((dwi, why))
+    series = []
+    twins: dict[str, list[str]] = {}
+    for dwi in kept:  # same series name (.nii and .nii.gz): same outputs, same nodes
+        twins.setdefault(DWISeries(dwi, "").wf_name, []).append(dwi)
+    for dwi in kept:
+        same = twins[DWISeries(dwi, "").wf_name]
+        bad = entity_problem(dwi)
+        if bad is None and len(same) > 1:
+            bad = (f"{dwi}: the same series exists as {' and '.join(sorted(same))}; keep "
+                   "one of them (they would write the same outputs).")
+        if bad is not None:
+            sel.problems.append(Problem(label, Path(dwi).name, bad, ExitCode.DATA_ERROR))
+            continue
+        item, problem = check_series(layout, dwi, b0_threshold)
+        if problem is not None:
+            sel.problems.append(Problem(label, item.name if item else Path(dwi).name,
+                                        problem[0], problem[1]))
+        else:
+            series.append(item)
+    return series
 
 
 def _sidecar(layout, dwi: str, kind: str) -> str | None:

@@ -100,6 +100,8 @@ class Progress:
         self.stream = stream or sys.stdout
         self.t0 = t0 if t0 is not None else time.monotonic()
         self.nodes: dict[str, NodeRecord] = {}
+        #: ``(where, error)`` when a step ran out of disk space (the run stopped), else None
+        self.disk_full: tuple[str, str] | None = None
 
     # -- Nipype callback
     def __call__(self, node, status: str) -> None:

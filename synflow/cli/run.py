@@ -229,6 +229,12 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
         print(f"  skipping sub-{problem.participant}"
               f"{'' if problem.series == '-' else ' ' + problem.series}: {problem.message}",
               file=stream)
+    ignored = sorted(sel.ignored, key=lambda fw: (len(fw[0]), fw[0]))
+    for fname, why in ignored[:5]:  # a symlink loop gives one per level: the first few
+        print(f"  ignored {fname}: {why}", file=stream)
+    if len(ignored) > 5:
+        print(f"  ... and {len(ignored) - 5} more file(s) ignored (not at a BIDS path)",
+              file=stream)
     _prepare_outputs(ctx)
     return _execute(ctx, todo, outcomes)
 
@@ -304,6 +310,12 @@ def _execute(ctx: RunContext, todo: Todo, outcomes: list) -> int:
     finally:
         if not submitted:
             code = summarise(ctx, todo, progress, outcomes)
+            if progress is not None and progress.disk_full:
+                from synflow.cli.space import disk_full_message
+
+                print(f"\nsynflow: error: {disk_full_message(ctx, todo, *progress.disk_full)}",
+                      file=ctx.stream)
+                code = int(ExitCode.CANT_CREATE)
     if submitted:
         from synflow.cli.outputs import write_dataset_description
 
@@ -411,9 +423,14 @@ def _run_workflow(ctx: RunContext, todo: Todo) -> Any:
     args = dict(ctx.plugin_args)
     args["status_callback"] = progress
     progress.log(f"running {wf.name} ({ctx.plugin})")
+    runner: Any = ctx.plugin
+    if ctx.plugin == "MultiProc":  # ends on a killed worker or a full disk (no hang)
+        from synflow.cli.multiproc import SafeMultiProcPlugin
+
+        runner = SafeMultiProcPlugin(plugin_args=args)
     try:
         with plugin_environment(ctx.plugin):
-            wf.run(plugin=ctx.plugin, plugin_args=args)
+            wf.run(plugin=runner, plugin_args=args)
     except RuntimeError as exc:
         # Nipype raises after the whole graph ran when any node failed
         # ("Workflow did not execute cleanly"); the failures are collected from the
@@ -422,6 +439,13 @@ def _run_workflow(ctx: RunContext, todo: Todo) -> Any:
             progress.log(f"Nipype stopped: {exc}")
             raise SynflowError(f"Nipype could not run the workflow: {exc}",
                                ExitCode.FAILURE) from exc
+    except OSError as exc:  # the scheduler itself could not write (crash file, report)
+        from synflow.cli.multiproc import is_disk_full
+
+        if not is_disk_full(str(exc)):
+            raise
+        progress.disk_full = (str(getattr(exc, "filename", None) or ctx.work_dir), str(exc))
+    progress.disk_full = progress.disk_full or getattr(runner, "disk_full", None)
     return progress
 
 

@@ -1,0 +1,163 @@
+"""Fault injection (issue 10): one bad participant never stops the others, nothing hangs.
+
+Each test first builds the fault that an outside tester found (a symlink loop, a full
+work disk, a worker killed while SyN runs, two runs at once, ...), runs ``synflow`` on a
+small 4 mm dataset with cheap settings, and checks: the others finish, the failing one is
+named with its cause, the exit code, no process of the run is left, and the input
+dataset is byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synflow.cli._testing import CHEAP_CLI, make_small_bids, make_small_reference
+from synflow.cli.errors import ExitCode
+from synflow.cli.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory) -> Path:
+    return make_small_reference(tmp_path_factory.mktemp("faults") / "ref4mm.nii.gz")
+
+
+def fast_args(ref: Path) -> list[str]:
+    """Cheap SyN, the 4 mm reference, no reports, no validator: a run takes seconds."""
+    return [*CHEAP_CLI, "--reference", str(ref), "--no-reports", "--skip-bids-validation",
+            "--nprocs", "2"]
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """Every file (and link target) under ``root`` -> its SHA-1 (links are not followed)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = Path(dirpath, name)
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = "link:" + os.readlink(path)
+            else:
+                out[rel] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def assert_no_children(pid: int | None = None, wait: float = 10.0) -> None:
+    """No process started by ``pid`` (default: this test process) is still running."""
+    pid = pid or os.getpid()
+    deadline = time.monotonic() + wait
+    while descendants(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = descendants(pid)
+    assert not left, f"processes left behind: {left}"
+
+
+def run_cli(args: list, capsys) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    assert_no_children()
+    return code, out.out + out.err
+
+
+def cli_process(args: list, **kw) -> subprocess.Popen:
+    """``synflow ARGS`` as a child process (stdout and stderr together, line-buffered)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "synflow.cli.run", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, **kw)
+
+
+def outputs_of(out: Path, sub: str) -> list[Path]:
+    return sorted((out / f"sub-{sub}" / "dwi").glob("*"))
+
+
+# ------------------------------------------------------------------ item 2 (and 10, 11)
+def test_stray_files_symlink_loop_and_bad_names(tmp_path, ref, capsys):
+    """A symlink loop, a stray copy in a sub-folder, a file with HTML in an entity, folders
+    with invalid labels: before, ``OSError: Duplicate node name "dwi_wf"`` and nobody was
+    processed; now the strays are ignored and listed, the bad names are per-series data
+    errors, and the good series are processed."""
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "02", "03"))
+    (bids / "sub-01" / "dwi" / "loop").symlink_to(".")
+    old = bids / "sub-02" / "dwi" / "old"
+    old.mkdir()
+    for f in (bids / "sub-02" / "dwi").glob("sub-02_dwi.*"):
+        (old / f.name).write_bytes(f.read_bytes())
+    evil = "sub-03_acq-<img src=x onerror=alert(1)>_dwi"
+    for f in (bids / "sub-03" / "dwi").glob("sub-03_dwi.*"):
+        f.rename(f.with_name(evil + f.name[len("sub-03_dwi"):]))
+    for bad in ("a b", "ü1"):
+        src = bids / "sub-01" / "dwi" / "sub-01_dwi.nii.gz"
+        folder = bids / f"sub-{bad}" / "dwi"
+        folder.mkdir(parents=True)
+        (folder / f"sub-{bad}_dwi.nii.gz").write_bytes(src.read_bytes())
+    before = tree_hash(bids)
+    code, text = run_cli([bids, tmp_path / "out", "participant", "-w", tmp_path / "work",
+                          *fast_args(ref)], capsys)
+    assert "Duplicate node name" not in text
+    assert code == ExitCode.DATA_ERROR, text
+    assert outputs_of(tmp_path / "out", "01") and outputs_of(tmp_path / "out", "02")
+    assert "ignored" in text and "sub-02/dwi/old/" in text and "loop" in text
+    assert "not an alphanumeric BIDS label" in text and "acq-'<img" in text
+    assert "'a b' is not a valid BIDS label" in text and "'ü1' is not a valid BIDS label" in text
+    written = [p.name for p in (tmp_path / "out").rglob("*")]
+    assert not [n for n in written if "<" in n or "onerror" in n]
+    assert tree_hash(bids) == before
+
+
+# ------------------------------------------------------------------ item 4
+@pytest.fixture
+def tiny_fs(tmp_path) -> Path:
+    """A 5 MB tmpfs (needs root and mount(8)); skipped where it cannot be mounted."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 5 MB tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_work_disk_stops_with_73(tmp_path, ref, tiny_fs, capsys):
+    """``-w`` on a 5 MB tmpfs: before, ENOSPC then every process idled forever; now the run
+    stops, names the full path and the space needed, exits 73."""
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "02", "03"))
+    before = tree_hash(bids)
+    proc = cli_process([bids, tmp_path / "out", "participant", "-w", tiny_fs / "work",
+                        *fast_args(ref)])
+    text, _ = proc.communicate(timeout=180)  # the bug was an endless wait: fail, not hang
+    assert proc.returncode == ExitCode.CANT_CREATE, text
+    assert "the disk is full" in text and str(tiny_fs / "work") in text
+    assert "this run needs about" in text and "No space left on device" in text
+    assert_no_children(proc.pid)
+    assert tree_hash(bids) == before
