@@ -69,6 +69,15 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time used by ``pid`` so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def assert_no_children(pid: int | None = None, wait: float = 10.0) -> None:
     """No process started by ``pid`` (default: this test process) is still running."""
     pid = pid or os.getpid()
@@ -160,4 +169,46 @@ def test_full_work_disk_stops_with_73(tmp_path, ref, tiny_fs, capsys):
     assert "the disk is full" in text and str(tiny_fs / "work") in text
     assert "this run needs about" in text and "No space left on device" in text
     assert_no_children(proc.pid)
+    assert tree_hash(bids) == before
+
+
+# ------------------------------------------------------------------ item 5 (and 13: resume)
+def _wait_for(proc: subprocess.Popen, needle: str, lines: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        lines.append(line)
+        if needle in line:
+            return
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"{needle!r} never printed:\n{''.join(lines)}")
+
+
+def test_worker_killed_during_syn_is_reported_then_resumed(tmp_path, ref):
+    """SIGKILL of the worker running SyN (what the OOM killer does): before,
+    ``BrokenProcessPool`` then an idle wait of 10+ minutes; now that series is reported as
+    killed (memory hint), the others finish or are reported, exit 1, no process left;
+    the same command again finishes everything (exit 0) and leaves no partial file."""
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "02", "03"))
+    before = tree_hash(bids)
+    args = [bids, tmp_path / "out", "participant", "-w", tmp_path / "work", *fast_args(ref)]
+    proc = cli_process(args)
+    lines: list[str] = []
+    _wait_for(proc, "SyN ...", lines, timeout=120)
+    time.sleep(0.5)
+    workers = sorted(descendants(proc.pid), key=cpu_seconds)
+    assert workers, "no worker process found"
+    os.kill(workers[-1], signal.SIGKILL)  # the busiest worker: it runs SyN
+    t_fault = time.monotonic()
+    rest, _ = proc.communicate(timeout=180)
+    text = "".join(lines) + rest
+    took = time.monotonic() - t_fault
+    assert proc.returncode == ExitCode.FAILURE, text
+    assert "killed" in text and "out-of-memory" in text and "--mem" in text, text
+    assert_no_children(proc.pid)
+    print(f"worker SIGKILL -> exit: {took:.1f} s")
+    again = cli_process(args)
+    text2, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, text2
+    assert not list((tmp_path / "out").rglob("*.partial*"))
     assert tree_hash(bids) == before

@@ -144,20 +144,22 @@ class SafeMultiProcPlugin(MultiProcPlugin):
                 if p.exitcode is not None and p.exitcode < 0
                 and p.exitcode != -signal.SIGTERM}
         pid = self._task_pid(taskid)
-        culprits = [n.fullname for t, n in self._nodes.items() if self._task_pid(t) in dead]
-        if (pid is not None and pid in dead) or (pid is None and not culprits):
+        culprits = [n.fullname for t, n in self._nodes.items()
+                    if (self._taskresult.get(t) or {}).get("broken")
+                    and self._task_pid(t) in dead]
+        if pid in dead or not culprits:  # its worker died, or we cannot tell whose did
             self.killed.append(name)
             mem = getattr(node, "mem_gb", None)
             given = f"{mem:.2f} GB" if isinstance(mem, (int, float)) else "an unknown amount"
             how = _signal_name(dead.get(pid, next(iter(dead.values()), None)))
-            return (f"WorkerKilled: the process running this step was killed ({how}), most "
+            return (f"WorkerKilledError: the process running this step was killed ({how}), most "
                     f"likely by the out-of-memory killer. The step was planned with {given} "
                     f"of the run's {self.memory_gb:.2f} GB (--mem). Give the job more memory "
                     "(a larger cgroup or batch-job memory request), set --mem to what it "
                     "really has, or lower --nprocs so fewer steps share it; then run the "
                     "same command again (finished steps are reused).")
         self.interrupted.append(name)
-        return ("Interrupted: stopped because another worker process of this run was killed "
+        return ("StepInterruptedError: stopped because another worker process of this run was killed "
                 f"({', '.join(culprits) or 'see the other failures'}); run the same command "
                 "again to finish it (finished steps are reused).")
 

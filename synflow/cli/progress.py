@@ -177,7 +177,8 @@ def error_message(traceback_text: str) -> str:
     Nipype only reports a broken process pool or a bare ``Killed``.
     """
     message = _innermost_error(traceback_text)
-    if _KILLED.search(str(traceback_text)):
+    explained = message.startswith(("WorkerKilledError", "StepInterruptedError"))
+    if _KILLED.search(str(traceback_text)) and not explained:
         message = f"{message} ({OOM_HINT})"
     return message
 
