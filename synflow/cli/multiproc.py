@@ -152,16 +152,16 @@ class SafeMultiProcPlugin(MultiProcPlugin):
             mem = getattr(node, "mem_gb", None)
             given = f"{mem:.2f} GB" if isinstance(mem, (int, float)) else "an unknown amount"
             how = _signal_name(dead.get(pid, next(iter(dead.values()), None)))
-            return (f"WorkerKilledError: the process running this step was killed ({how}), most "
-                    f"likely by the out-of-memory killer. The step was planned with {given} "
+            return (f"WorkerKilledError: the process running this step was killed ({how}), "
+                    f"most likely by the out-of-memory killer. The step was planned with {given} "
                     f"of the run's {self.memory_gb:.2f} GB (--mem). Give the job more memory "
                     "(a larger cgroup or batch-job memory request), set --mem to what it "
                     "really has, or lower --nprocs so fewer steps share it; then run the "
                     "same command again (finished steps are reused).")
         self.interrupted.append(name)
-        return ("StepInterruptedError: stopped because another worker process of this run was killed "
-                f"({', '.join(culprits) or 'see the other failures'}); run the same command "
-                "again to finish it (finished steps are reused).")
+        return ("StepInterruptedError: stopped because another worker process of this run "
+                f"was killed ({', '.join(culprits)}); run the same command again to finish "
+                "it (finished steps are reused).")
 
     def _task_pid(self, taskid: int) -> int | None:
         try:
