@@ -212,3 +212,23 @@ def test_worker_killed_during_syn_is_reported_then_resumed(tmp_path, ref):
     assert again.returncode == 0, text2
     assert not list((tmp_path / "out").rglob("*.partial*"))
     assert tree_hash(bids) == before
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_memory_cap_reads_the_process_own_cgroup(tmp_path, version):
+    """Before: the root cgroup was read (21 GB planned inside a 2 GB cgroup)."""
+    from synflow.cli.plugins.probes import cgroup_memory_limit
+
+    gb2, unlimited = str(2 * 1024 ** 3), "max" if version == "v2" else "9223372036854771712"
+    if version == "v2":
+        line, base, fname = "0::/batch/job42\n", tmp_path, "memory.max"
+    else:
+        line, base, fname = "4:memory:/batch/job42\n3:cpu:/\n", tmp_path / "memory", \
+            "memory.limit_in_bytes"
+    (base / "batch" / "job42").mkdir(parents=True)
+    (base / fname).write_text(unlimited + "\n")
+    (base / "batch" / "job42" / fname).write_text(gb2 + "\n")
+    (tmp_path / "cgroup").write_text(line)
+    assert cgroup_memory_limit(str(tmp_path / "cgroup"), str(tmp_path)) == int(gb2)
+    (base / "batch" / fname).write_text(str(1024 ** 3))  # a tighter parent applies too
+    assert cgroup_memory_limit(str(tmp_path / "cgroup"), str(tmp_path)) == 1024 ** 3
