@@ -10,6 +10,7 @@ dataset is byte-identical afterwards.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -184,14 +185,16 @@ def _wait_for(proc: subprocess.Popen, needle: str, lines: list[str], timeout: fl
     raise AssertionError(f"{needle!r} never printed:\n{''.join(lines)}")
 
 
-def test_worker_killed_during_syn_is_reported_then_resumed(tmp_path, ref):
+def test_worker_killed_then_run_killed_then_resumed(tmp_path, ref):
     """SIGKILL of the worker running SyN (what the OOM killer does): before,
     ``BrokenProcessPool`` then an idle wait of 10+ minutes; now that series is reported as
-    killed (memory hint), the others finish or are reported, exit 1, no process left;
-    the same command again finishes everything (exit 0) and leaves no partial file."""
-    bids = make_small_bids(tmp_path / "bids", subjects=("01", "02", "03"))
+    killed (memory hint), the others finish or are reported, exit 1, no process left.
+    Then SIGKILL of the whole run mid-SyN: no worker survives it, and the same command
+    again takes over its stale lock, removes its partial files and finishes (exit 0)."""
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "02"))
     before = tree_hash(bids)
-    args = [bids, tmp_path / "out", "participant", "-w", tmp_path / "work", *fast_args(ref)]
+    out = tmp_path / "out"
+    args = [bids, out, "participant", "-w", tmp_path / "work", *fast_args(ref)]
     proc = cli_process(args)
     lines: list[str] = []
     _wait_for(proc, "SyN ...", lines, timeout=120)
@@ -202,15 +205,62 @@ def test_worker_killed_during_syn_is_reported_then_resumed(tmp_path, ref):
     t_fault = time.monotonic()
     rest, _ = proc.communicate(timeout=180)
     text = "".join(lines) + rest
-    took = time.monotonic() - t_fault
+    print(f"worker SIGKILL -> exit: {time.monotonic() - t_fault:.1f} s")
     assert proc.returncode == ExitCode.FAILURE, text
-    assert "killed" in text and "out-of-memory" in text and "--mem" in text, text
+    assert "WorkerKilledError" in text and "out-of-memory" in text and "--mem" in text, text
     assert_no_children(proc.pid)
-    print(f"worker SIGKILL -> exit: {took:.1f} s")
+
+    proc = cli_process(args)
+    _wait_for(proc, "SyN ...", [], timeout=120)
+    kids = descendants(proc.pid)
+    proc.kill()
+    t_fault = time.monotonic()
+    proc.communicate(timeout=30)
+    for pid in kids:  # the workers die with the run (PR_SET_PDEATHSIG), not minutes later
+        while Path(f"/proc/{pid}").exists() and time.monotonic() - t_fault < 30:
+            time.sleep(0.1)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    print(f"run SIGKILL -> workers gone: {time.monotonic() - t_fault:.1f} s")
+    assert (out / ".synflow.lock").exists()  # left by the killed run
+    stray = out / "sub-01" / "dwi" / ".sub-01_desc-b0_dwiref.nii.gz.k2j4h5g6.partial.nii.gz"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"half a file")  # what a run killed inside atomic_path leaves
+
     again = cli_process(args)
-    text2, _ = again.communicate(timeout=180)
-    assert again.returncode == 0, text2
-    assert not list((tmp_path / "out").rglob("*.partial*"))
+    text, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, text
+    assert "took over the stale lock" in text and "removed 1 partial file" in text
+    assert not list(out.rglob("*.partial*")) and not (out / ".synflow.lock").exists()
+    assert tree_hash(bids) == before
+
+
+# ------------------------------------------------------------------ item 6
+def test_second_run_on_same_folders_refuses(tmp_path, ref, capsys):
+    """Two runs into the same output and work directory: before, the second failed 3 of 4
+    series with ``FileNotFoundError``; now it refuses at once, naming the lock, the host
+    and the pid, and the first one finishes."""
+    import socket
+
+    bids = make_small_bids(tmp_path / "bids", subjects=("01",))
+    before = tree_hash(bids)
+    args = [bids, tmp_path / "out", "participant", "-w", tmp_path / "work", *fast_args(ref)]
+    first = cli_process(args)
+    _wait_for(first, "running", [], timeout=120)
+    code, text = run_cli(args, capsys)
+    assert code == ExitCode.CANT_CREATE, text
+    assert str(tmp_path / "out" / ".synflow.lock") in text
+    assert f"pid {first.pid} on host {socket.gethostname()}" in text
+    rest, _ = first.communicate(timeout=180)
+    assert first.returncode == 0, rest
+    # a lock of another host is never taken over; one of a dead pid here is
+    lock = tmp_path / "out" / ".synflow.lock"
+    lock.write_text('{"host": "elsewhere.example", "pid": 1, "run": "r1"}')
+    code, text = run_cli(args, capsys)
+    assert code == ExitCode.CANT_CREATE and "host elsewhere.example" in text
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": first.pid, "run": "r2"}))
+    code, text = run_cli(args, capsys)
+    assert code == 0 and "took over the stale lock" in text, text
     assert tree_hash(bids) == before
 
 

@@ -203,6 +203,31 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     _make_dir(work_dir, "work directory")
 
     run_uuid = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4()}"
+    from synflow.cli.lock import RunLock, clean_stale_partials
+
+    lock = RunLock(run_uuid, _command_line())
+    try:
+        lock.acquire(output_dir, "output directory")
+        if work_dir.resolve() != output_dir.resolve():
+            lock.acquire(work_dir, "work directory")
+        for path, info in lock.taken_over:
+            print(f"  took over the stale lock {path} (pid {info.get('pid')} is gone)",
+                  file=stream)
+        removed = clean_stale_partials(output_dir, work_dir / "manifests")
+        if removed:
+            print(f"  removed {len(removed)} partial file(s) left by an interrupted run",
+                  file=stream)
+        return _run_locked(opts, stream, t_start, bids_dir, output_dir, work_dir, run_uuid,
+                           validation, reference, ref_voxels, filters, plugin, plugin_args)
+    finally:
+        lock.release()
+
+
+def _run_locked(opts: Namespace, stream: TextIO, t_start: float, bids_dir: Path,
+                output_dir: Path, work_dir: Path, run_uuid: str, validation: Any,
+                reference: Reference, ref_voxels: int, filters: dict, plugin: str,
+                plugin_args: Mapping[str, Any]) -> int:
+    """The run once its folders are locked: select, build the context, execute."""
     (work_dir / run_uuid).mkdir(parents=True, exist_ok=True)
     print(f"synflow {_version()}: {bids_dir} -> {output_dir} (run {run_uuid})", file=stream)
     print(f"  validation: {validation.how}; work directory: {work_dir}", file=stream)
