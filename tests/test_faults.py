@@ -282,3 +282,91 @@ def test_memory_cap_reads_the_process_own_cgroup(tmp_path, version):
     assert cgroup_memory_limit(str(tmp_path / "cgroup"), str(tmp_path)) == int(gb2)
     (base / "batch" / fname).write_text(str(1024 ** 3))  # a tighter parent applies too
     assert cgroup_memory_limit(str(tmp_path / "cgroup"), str(tmp_path)) == 1024 ** 3
+
+
+# ------------------------------------------------------------------ item 3 (and 10: mode 000)
+def _unprivileged() -> list[str]:
+    """A command prefix that runs without the right to ignore file permissions: nothing for
+    a normal user; as root, ``setpriv`` dropping CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (the
+    interpreter under /root stays reachable, unlike with a setuid to another user)."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions cannot be enforced")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def test_read_only_participant_folder_fails_alone(tmp_path, ref):
+    """``out/sub-03`` mode 555 (and a DWI of mode 000): before, Nipype's crash writer raised
+    PermissionError and every series said "not finished"; now sub-03 fails with a clear
+    message, the unreadable DWI says permission denied, the others finish."""
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "03", "04"))
+    (bids / "sub-04" / "dwi" / "sub-04_dwi.nii.gz").chmod(0)
+    before = tree_hash(bids)
+    out = tmp_path / "out"
+    (out / "sub-03").mkdir(parents=True)
+    (out / "sub-03").chmod(0o555)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run([*_unprivileged(), sys.executable, "-m", "synflow.cli.run", bids,
+                               out, "participant", "-w", tmp_path / "work", *fast_args(ref)],
+                              capture_output=True, text=True, env=env, timeout=180)
+    finally:
+        (out / "sub-03").chmod(0o755)
+        (bids / "sub-04" / "dwi" / "sub-04_dwi.nii.gz").chmod(0o644)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == ExitCode.CANT_CREATE, text
+    assert "Traceback" not in text
+    assert f"cannot write in {out / 'sub-03'}" in text and "Permission denied" in text
+    assert "sub-04_dwi.nii.gz: permission denied" in text and "mode 000" in text
+    assert outputs_of(out, "01")
+    assert tree_hash(bids) == before
+
+
+# ------------------------------------------------------------------ items 7, 8, 10, 13
+@pytest.mark.parametrize("bad", [
+    ["--b0-threshold", "nan"], ["--b0-threshold", "inf"], ["--b0-threshold", "-5"]])
+def test_b0_threshold_must_be_finite_and_nonnegative(tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path), str(tmp_path / "o"), "participant", *bad])
+    assert err.value.code == ExitCode.USAGE
+    assert "finite number >= 0" in capsys.readouterr().err
+
+
+def test_forgotten_output_dir_is_named(tmp_path, capsys):
+    """Issue 13: ``synflow BIDS participant`` said "missing analysis_level"."""
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path), "participant"])
+    err_text = capsys.readouterr().err
+    assert err.value.code == ExitCode.USAGE
+    assert "missing the output directory OUTPUT_DIR" in err_text and "usage:" in err_text
+
+
+def test_refusals_before_anything_is_written(tmp_path, ref, capsys):
+    """``--bids-database-dir`` inside the input (it wrote layout_index.sqlite there) and a
+    filter that sets the subject (sub-01.html held sub-03's data): both refused, exit 64."""
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "03"))
+    before = tree_hash(bids)
+    base = [bids, tmp_path / "out", "participant", "-w", tmp_path / "work", *fast_args(ref)]
+    code, text = run_cli([*base, "--bids-database-dir", bids / "code" / "db"], capsys)
+    assert code == ExitCode.USAGE and "inside the input dataset" in text
+    filt = tmp_path / "filter.json"
+    filt.write_text(json.dumps({"dwi": {"subject": "03"}}))
+    code, text = run_cli([*base, "--participant-label", "01", "03", "--bids-filter-file",
+                          filt], capsys)
+    assert code == ExitCode.USAGE and "'subject' may not be set" in text
+    assert "--participant-label" in text
+    assert tree_hash(bids) == before and not (tmp_path / "out").exists()
+
+
+def test_negative_b_value_is_named(tmp_path, ref, capsys):
+    """It said "smallest b-value -1000 is above --b0-threshold"."""
+    bids = make_small_bids(tmp_path / "bids", subjects=("01", "02"))
+    (bids / "sub-02" / "dwi" / "sub-02_dwi.bval").write_text("0 -1000 1000 0 1000 1000\n")
+    code, text = run_cli([bids, tmp_path / "out", "participant", "-w", tmp_path / "work",
+                          "--participant-label", "02", *fast_args(ref)], capsys)
+    assert code == ExitCode.DATA_ERROR
+    assert "sub-02_dwi.bval: b-values must be finite numbers >= 0" in text
+    assert "-1000 (volume 1)" in text and "above --b0-threshold" not in text

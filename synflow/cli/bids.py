@@ -147,6 +147,14 @@ def load_filters(path: Path | None) -> dict[str, Any]:
         raise SynflowError(f"--bids-filter-file {path}: unknown query {sorted(unknown)}; "
                            "synflow reads only \"dwi\"", ExitCode.USAGE)
 
+    fixed = sorted(set(data.get("dwi", {})) & {"subject", "session"})
+    if fixed:  # it would file one participant's data under another's name (issue 10)
+        raise SynflowError(
+            f"--bids-filter-file {path}: {', '.join(repr(k) for k in fixed)} may not be set "
+            "in a filter (a filter narrows the DWI query within each participant; it cannot "
+            "choose the participant or the session). Use --participant-label / "
+            "--session-label instead.", ExitCode.USAGE)
+
     def conv(v: Any) -> Any:
         if v is None:
             return Query.NONE
@@ -270,6 +278,13 @@ def _check_files(sel: Selection, layout, label: str, files: list[str], bids_dir:
     return series
 
 
+def _mode(fname: str) -> str:
+    try:
+        return oct(Path(fname).stat().st_mode & 0o777)[2:].zfill(3)
+    except OSError:
+        return "?"
+
+
 def _sidecar(layout, dwi: str, kind: str) -> str | None:
     """The ``.bval``/``.bvec`` file PyBIDS associates with ``dwi`` (inheritance included),
     or None: pybids 0.22's ``get_bval``/``get_bvec`` raise IndexError when there is none."""
@@ -303,8 +318,13 @@ def check_series(layout, dwi: str, b0_threshold: float
     except ValueError as exc:
         return item, (str(exc), ExitCode.DATA_ERROR)
     try:
+        open(dwi, "rb").close()  # nibabel turns PermissionError into "Could not read file"
         img = nib.load(dwi)
         shape = img.shape
+    except PermissionError:
+        return item, (f"{dwi}: permission denied: this user cannot read the file (mode "
+                      f"{_mode(dwi)}). Make it readable (chmod a+r) or run as its owner.",
+                      ExitCode.NO_INPUT)
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError...
         return item, (f"{dwi}: cannot read the NIfTI header ({type(exc).__name__}: {exc}). "
                       "The file is corrupt or not NIfTI; re-export or re-copy it.",
@@ -326,6 +346,12 @@ def check_series(layout, dwi: str, b0_threshold: float
     if bvals.size != shape[3]:
         return item, (f"{bval}: {bvals.size} b-values but {dwi} has {shape[3]} volumes; "
                       "the .bval must list one b-value per volume.", ExitCode.DATA_ERROR)
+    bad = np.flatnonzero(~np.isfinite(bvals) | (bvals < 0))
+    if bad.size:
+        found = ", ".join(f"{v:g} (volume {i})" for i, v in zip(bad[:5], bvals[bad[:5]],
+                                                                   strict=True))
+        return item, (f"{bval}: b-values must be finite numbers >= 0 s/mm^2; found {found}. "
+                      "Fix the .bval file.", ExitCode.DATA_ERROR)
     try:
         b0_indices(bvals, b0_threshold, name=str(bval))
     except ValueError:

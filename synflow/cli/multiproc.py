@@ -87,6 +87,8 @@ class SafeMultiProcPlugin(MultiProcPlugin):
         self.disk_full: tuple[str, str] | None = None
         #: fullnames of the nodes whose worker was killed, and of those interrupted
         self.killed: list[str] = []
+        #: where crash files go when a node's own crash folder cannot be written
+        self.crash_fallback: str | None = None
         self.interrupted: list[str] = []
 
     # -- submission: remember the node and the pool's processes (for their exit codes)
@@ -168,6 +170,22 @@ class SafeMultiProcPlugin(MultiProcPlugin):
             with open(os.path.join(self._pid_dir, str(taskid))) as fh:
                 return int(fh.read().strip())
         except (OSError, ValueError):
+            return None
+
+    def _report_crash(self, node: Any, result: dict | None = None) -> str | None:
+        """Nipype's crash file; where its folder cannot be written (a participant's output
+        folder read-only), in :attr:`crash_fallback` instead -- never stop the scheduler."""
+        try:
+            return super()._report_crash(node, result=result)
+        except OSError as exc:
+            first = exc
+        try:
+            node.config["execution"]["crashdump_dir"] = self.crash_fallback or self._cwd
+            return super()._report_crash(node, result=result)
+        except OSError:
+            result = result or {"traceback": []}
+            node._traceback = list(result.get("traceback") or []) + [
+                f"\n(the crash file could not be written: {first})\n"]
             return None
 
     def run(self, graph: Any, config: Any, updatehash: bool = False) -> None:

@@ -181,6 +181,11 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     output_dir = opts.output_dir.absolute()
     work_dir = (opts.work_dir or Path.cwd() / "work").absolute()
     check_locations(bids_dir, output_dir, work_dir)
+    if opts.bids_database_dir is not None and _inside(opts.bids_database_dir.resolve(),
+                                                      bids_dir.resolve()):
+        raise SynflowError(f"--bids-database-dir {opts.bids_database_dir} is inside the input "
+                           f"dataset {bids_dir} (the input is never written); give a folder "
+                           "outside it, or leave the option out.", ExitCode.USAGE)
 
     from synflow.cli.bids import load_filters, validate_dataset
 
@@ -233,8 +238,15 @@ def _run_locked(opts: Namespace, stream: TextIO, t_start: float, bids_dir: Path,
     print(f"  validation: {validation.how}; work directory: {work_dir}", file=stream)
     sel, reference, ref_voxels = _select(opts, bids_dir, work_dir / run_uuid, reference,
                                          ref_voxels, filters, validation)
+    from synflow.cli.bids import Problem
     from synflow.cli.context import RunContext
+    from synflow.cli.outputs import participant_write_problem
 
+    for label in [k for k, v in sel.participants.items() if v]:
+        why = participant_write_problem(output_dir, label, run_uuid)
+        if why is not None:
+            sel.problems.append(Problem(label, "-", why, ExitCode.CANT_CREATE))
+            sel.participants[label] = []
     todo = {k: v for k, v in sel.participants.items() if v}
     n_series = sum(len(v) for v in todo.values())
     ctx = RunContext(opts=opts, bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
@@ -453,6 +465,7 @@ def _run_workflow(ctx: RunContext, todo: Todo) -> Any:
         from synflow.cli.multiproc import SafeMultiProcPlugin
 
         runner = SafeMultiProcPlugin(plugin_args=args)
+        runner.crash_fallback = str(ctx.run_crash_dir)
     try:
         with plugin_environment(ctx.plugin):
             wf.run(plugin=runner, plugin_args=args)
