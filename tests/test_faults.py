@@ -345,8 +345,9 @@ def test_forgotten_output_dir_is_named(tmp_path, capsys):
 
 
 def test_refusals_before_anything_is_written(tmp_path, ref, capsys):
-    """``--bids-database-dir`` inside the input (it wrote layout_index.sqlite there) and a
-    filter that sets the subject (sub-01.html held sub-03's data): both refused, exit 64."""
+    """``--bids-database-dir`` inside the input (it wrote layout_index.sqlite there), a
+    filter that sets the subject (sub-01.html held sub-03's data), a filter's session
+    against --session-label: all refused, exit 64, nothing written."""
     bids = make_small_bids(tmp_path / "bids", subjects=("01", "03"))
     before = tree_hash(bids)
     base = [bids, tmp_path / "out", "participant", "-w", tmp_path / "work", *fast_args(ref)]
@@ -358,6 +359,9 @@ def test_refusals_before_anything_is_written(tmp_path, ref, capsys):
                           filt], capsys)
     assert code == ExitCode.USAGE and "'subject' may not be set" in text
     assert "--participant-label" in text
+    filt.write_text(json.dumps({"dwi": {"session": "1"}}))
+    code, text = run_cli([*base, "--session-label", "2", "--bids-filter-file", filt], capsys)
+    assert code == ExitCode.USAGE and "override the session selection" in text
     assert tree_hash(bids) == before and not (tmp_path / "out").exists()
 
 

@@ -147,13 +147,11 @@ def load_filters(path: Path | None) -> dict[str, Any]:
         raise SynflowError(f"--bids-filter-file {path}: unknown query {sorted(unknown)}; "
                            "synflow reads only \"dwi\"", ExitCode.USAGE)
 
-    fixed = sorted(set(data.get("dwi", {})) & {"subject", "session"})
-    if fixed:  # it would file one participant's data under another's name (issue 10)
+    if "subject" in data.get("dwi", {}):  # it filed sub-03's data under sub-01 (issue 10)
         raise SynflowError(
-            f"--bids-filter-file {path}: {', '.join(repr(k) for k in fixed)} may not be set "
-            "in a filter (a filter narrows the DWI query within each participant; it cannot "
-            "choose the participant or the session). Use --participant-label / "
-            "--session-label instead.", ExitCode.USAGE)
+            f"--bids-filter-file {path}: 'subject' may not be set in a filter (a filter "
+            "narrows the DWI query within each participant; it cannot choose the "
+            "participant). Use --participant-label instead.", ExitCode.USAGE)
 
     def conv(v: Any) -> Any:
         if v is None:

@@ -196,6 +196,10 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
                   else validate_dataset(bids_dir, validated))
     reference, ref_voxels = check_reference(opts)
     filters = load_filters(opts.bids_filter_file)
+    if opts.session_label and "session" in filters:
+        raise SynflowError(f"--bids-filter-file {opts.bids_filter_file} sets 'session' and "
+                           "--session-label is given: the filter would override the session "
+                           "selection. Use one of them.", ExitCode.USAGE)
 
     from synflow.cli.plugins import PluginError, resolve_plugin
 
