@@ -169,6 +169,7 @@ def test_full_work_disk_stops_with_73(tmp_path, ref, tiny_fs, capsys):
     assert proc.returncode == ExitCode.CANT_CREATE, text
     assert "the disk is full" in text and str(tiny_fs / "work") in text
     assert "this run needs about" in text and "No space left on device" in text
+    assert f"warning: the work directory {tiny_fs / 'work'} has" in text  # said up front
     assert_no_children(proc.pid)
     assert tree_hash(bids) == before
 

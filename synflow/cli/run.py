@@ -20,6 +20,12 @@ How a run goes (fMRIPrep's design, where it fits):
    write ``sub-X.html`` (failed series included, with their error), the dataset
    description and ``.bidsignore``, print the summary table, and exit 0, or the most
    telling failure code (1 if anything crashed, else 65 bad data, else 66 missing input).
+
+Before anything is written, the run locks its output and work folders
+(:mod:`synflow.cli.lock`) and removes partial files of dead runs; MultiProc runs through
+:class:`synflow.cli.multiproc.SafeMultiProcPlugin` (a killed worker or a full disk ends
+the run instead of hanging it).  (A little over 500 lines: the steps of a run, in order,
+in one place; the checks themselves live in bids, names, outputs, lock and space.)
 """
 
 from __future__ import annotations
@@ -262,6 +268,11 @@ def _run_locked(opts: Namespace, stream: TextIO, t_start: float, bids_dir: Path,
           f"{n_series} series; plugin {plugin}"
           + (f" n_procs={plugin_args.get('n_procs')}" if "n_procs" in plugin_args else "")
           + f", {ctx.omp_nthreads} thread(s) per step", file=stream)
+    from synflow.cli.space import space_warning
+
+    warning = space_warning(ctx, todo) if todo else None
+    if warning:
+        print(f"  {warning}", file=stream)
     from synflow.cli.progress import SeriesOutcome
 
     outcomes = [SeriesOutcome(p.participant, p.series, "failed", error=p.message, code=p.code)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from synflow.cli.context import RunContext
 
-__all__ = ["disk_full_message", "needed_bytes"]
+__all__ = ["disk_full_message", "needed_bytes", "space_warning"]
 
 #: float32 copies of the reference grid one series leaves in the work directory (b0 and
 #: mask in the reference space, two 3-vector displacement fields and their inverses, the
@@ -60,3 +60,23 @@ def disk_full_message(ctx: RunContext, todo: Mapping[str, Sequence[Any]], where:
     lines.append("Free space or give -w / OUTPUT_DIR a larger disk, then run the same "
                  "command again (finished steps are reused).")
     return "\n".join(lines)
+
+
+def space_warning(ctx: RunContext, todo: Mapping[str, Sequence[Any]]) -> str | None:
+    """A warning when the work or output filesystem has less free space than the run's
+    estimate (:func:`needed_bytes`); a rerun that reuses finished steps needs less, so
+    this only warns -- a full disk during the run stops it (exit 73)."""
+    work, out = needed_bytes(ctx.ref_voxels, todo)
+    short = []
+    for what, folder, need in (("work directory", ctx.work_dir, work),
+                               ("output directory", ctx.output_dir, out)):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < need:
+            short.append(f"the {what} {folder} has {_mb(free)} free, this run needs about "
+                         f"{_mb(need)}")
+    if not short:
+        return None
+    return "warning: " + "; ".join(short) + " (finished steps of an earlier run need none)."
