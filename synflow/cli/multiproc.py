@@ -74,7 +74,10 @@ def _run_node_pid(node: Any, updatehash: bool, taskid: int, pid_dir: str) -> dic
 class SafeMultiProcPlugin(MultiProcPlugin):
     """``MultiProc`` that reports killed workers and full disks instead of hanging."""
 
-    def __init__(self, plugin_args: dict | None = None) -> None:
+    def __init__(self, plugin_args: dict | None = None, pid_dir: str | None = None) -> None:
+        """``pid_dir``: where workers note which task they run (default: a temporary
+        folder removed after the run; the CLI uses ``<work>/<run>/tasks``, so a run killed
+        with SIGKILL leaves nothing in /tmp)."""
         super().__init__(plugin_args=plugin_args)
         self._nodes: dict[int, Any] = {}
         self._futures: dict[int, Future] = {}
@@ -82,7 +85,12 @@ class SafeMultiProcPlugin(MultiProcPlugin):
         self._mp_context = self.pool._mp_context
         self.pool.shutdown(wait=False)  # no worker started yet: replace it with ours
         self._new_pool()
-        self._pid_dir = tempfile.mkdtemp(prefix="synflow-tasks-")
+        self._own_pid_dir = pid_dir is None
+        if pid_dir is None:
+            self._pid_dir = tempfile.mkdtemp(prefix="synflow-tasks-")
+        else:
+            self._pid_dir = str(pid_dir)
+            os.makedirs(self._pid_dir, exist_ok=True)
         #: ``(node output folder, message)`` of the first out-of-space failure, or None
         self.disk_full: tuple[str, str] | None = None
         #: fullnames of the nodes whose worker was killed, and of those interrupted
@@ -193,7 +201,8 @@ class SafeMultiProcPlugin(MultiProcPlugin):
             super().run(graph, config, updatehash=updatehash)
         finally:
             self.terminate()
-            shutil.rmtree(self._pid_dir, ignore_errors=True)
+            if self._own_pid_dir:
+                shutil.rmtree(self._pid_dir, ignore_errors=True)
 
     def terminate(self) -> None:
         """Stop every worker process of this plugin (idempotent)."""

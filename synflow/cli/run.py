@@ -479,7 +479,8 @@ def _run_workflow(ctx: RunContext, todo: Todo) -> Any:
     if ctx.plugin == "MultiProc":  # ends on a killed worker or a full disk (no hang)
         from synflow.cli.multiproc import SafeMultiProcPlugin
 
-        runner = SafeMultiProcPlugin(plugin_args=args)
+        runner = SafeMultiProcPlugin(plugin_args=args,
+                                     pid_dir=str(ctx.work_dir / ctx.run_uuid / "tasks"))
         runner.crash_fallback = str(ctx.run_crash_dir)
     try:
         with plugin_environment(ctx.plugin):
