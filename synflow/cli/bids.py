@@ -39,6 +39,8 @@ class Selection:
 
     participants: dict[str, list[DWISeries]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    #: files PyBIDS found that are not at a BIDS path, and why (listed, not processed)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,12 @@ def load_filters(path: Path | None) -> dict[str, Any]:
         raise SynflowError(f"--bids-filter-file {path}: unknown query {sorted(unknown)}; "
                            "synflow reads only \"dwi\"", ExitCode.USAGE)
 
+    if "subject" in data.get("dwi", {}):  # it filed sub-03's data under sub-01 (issue 10)
+        raise SynflowError(
+            f"--bids-filter-file {path}: 'subject' may not be set in a filter (a filter "
+            "narrows the DWI query within each participant; it cannot choose the "
+            "participant). Use --participant-label instead.", ExitCode.USAGE)
+
     def conv(v: Any) -> Any:
         if v is None:
             return Query.NONE
@@ -184,10 +192,18 @@ def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
                   session_labels: list[str] | None, filters: dict[str, Any],
                   b0_threshold: float) -> Selection:
     """Find and pre-check every DWI series to process (see the module docstring)."""
+    from synflow.cli.names import label_problem
+
     sel = Selection()
     on_disk = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
     wanted = on_disk if participant_labels is None else participant_labels
     for label in wanted:
+        bad_label = label_problem(label)
+        if bad_label is not None:
+            sel.problems.append(Problem(label, "-", (
+                f"folder {bids_dir / ('sub-' + label)}: {bad_label}. Rename the folder (and "
+                "the files in it)."), ExitCode.BIDS_INVALID))
+            continue
         if label not in on_disk:
             hint = container_mount_hint(bids_dir / f"sub-{label}")
             sel.problems.append(Problem(label, "-", (
@@ -220,34 +236,51 @@ def select_series(layout, bids_dir: Path, participant_labels: list[str] | None,
                 f"or leave the participant out with --participant-label."),
                 ExitCode.NO_INPUT))
             continue
-        series = []
-        stems: dict[str, list[str]] = {}
-        for dwi in files:
-            stems.setdefault(_stem(dwi), []).append(dwi)
-        for dwi in files:
-            twins = stems[_stem(dwi)]
-            if len(twins) > 1:  # same series as .nii and .nii.gz: same outputs, same nodes
-                sel.problems.append(Problem(label, Path(dwi).name, (
-                    f"{dwi}: the same series exists as {' and '.join(sorted(twins))}; keep "
-                    "one of them (they would write the same outputs)."), ExitCode.DATA_ERROR))
-                continue
-            item, problem = check_series(layout, dwi, b0_threshold)
-            if problem is not None:
-                sel.problems.append(Problem(label, item.name if item else Path(dwi).name,
-                                            problem[0], problem[1]))
-            else:
-                series.append(item)
-        sel.participants[label] = series
+        sel.participants[label] = _check_files(sel, layout, label, files, bids_dir,
+                                               b0_threshold)
     return sel
 
 
-def _stem(fname: str) -> str:
-    """Path without ``.nii``/``.nii.gz``."""
-    name = str(fname)
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+def _check_files(sel: Selection, layout, label: str, files: list[str], bids_dir: Path,
+                 b0_threshold: float) -> list[DWISeries]:
+    """The series of ``files`` that pass; the others go to ``sel.ignored``/``sel.problems``
+    (see :mod:`synflow.cli.names`)."""
+    from synflow.cli.names import bids_path_problem, entity_problem
+
+    kept = []
+    for dwi in files:
+        why = bids_path_problem(dwi, bids_dir)
+        if why is None:
+            kept.append(dwi)
+        else:
+            sel.ignored.append((dwi, why))
+    series = []
+    twins: dict[str, list[str]] = {}
+    for dwi in kept:  # same series name (.nii and .nii.gz): same outputs, same nodes
+        twins.setdefault(DWISeries(dwi, "").wf_name, []).append(dwi)
+    for dwi in kept:
+        same = twins[DWISeries(dwi, "").wf_name]
+        bad = entity_problem(dwi)
+        if bad is None and len(same) > 1:
+            bad = (f"{dwi}: the same series exists as {' and '.join(sorted(same))}; keep "
+                   "one of them (they would write the same outputs).")
+        if bad is not None:
+            sel.problems.append(Problem(label, Path(dwi).name, bad, ExitCode.DATA_ERROR))
+            continue
+        item, problem = check_series(layout, dwi, b0_threshold)
+        if problem is not None:
+            sel.problems.append(Problem(label, item.name if item else Path(dwi).name,
+                                        problem[0], problem[1]))
+        else:
+            series.append(item)
+    return series
+
+
+def _mode(fname: str) -> str:
+    try:
+        return oct(Path(fname).stat().st_mode & 0o777)[2:].zfill(3)
+    except OSError:
+        return "?"
 
 
 def _sidecar(layout, dwi: str, kind: str) -> str | None:
@@ -283,8 +316,13 @@ def check_series(layout, dwi: str, b0_threshold: float
     except ValueError as exc:
         return item, (str(exc), ExitCode.DATA_ERROR)
     try:
+        open(dwi, "rb").close()  # nibabel turns PermissionError into "Could not read file"
         img = nib.load(dwi)
         shape = img.shape
+    except PermissionError:
+        return item, (f"{dwi}: permission denied: this user cannot read the file (mode "
+                      f"{_mode(dwi)}). Make it readable (chmod a+r) or run as its owner.",
+                      ExitCode.NO_INPUT)
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError...
         return item, (f"{dwi}: cannot read the NIfTI header ({type(exc).__name__}: {exc}). "
                       "The file is corrupt or not NIfTI; re-export or re-copy it.",
@@ -306,6 +344,12 @@ def check_series(layout, dwi: str, b0_threshold: float
     if bvals.size != shape[3]:
         return item, (f"{bval}: {bvals.size} b-values but {dwi} has {shape[3]} volumes; "
                       "the .bval must list one b-value per volume.", ExitCode.DATA_ERROR)
+    bad = np.flatnonzero(~np.isfinite(bvals) | (bvals < 0))
+    if bad.size:
+        found = ", ".join(f"{v:g} (volume {i})" for i, v in zip(bad[:5], bvals[bad[:5]],
+                                                                   strict=True))
+        return item, (f"{bval}: b-values must be finite numbers >= 0 s/mm^2; found {found}. "
+                      "Fix the .bval file.", ExitCode.DATA_ERROR)
     try:
         b0_indices(bvals, b0_threshold, name=str(bval))
     except ValueError:

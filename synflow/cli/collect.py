@@ -168,12 +168,14 @@ def write_reports(ctx: RunContext, outcomes: Sequence[SeriesOutcome],
 
 
 def _exit_code(failed: Sequence[SeriesOutcome]) -> int:
-    """0, or the most telling failure: 1 crashed, 65 bad data, 16 a participant the BIDS
+    """0, or the most telling failure: 1 crashed, 73 a participant's output folder not
+    writable, 65 bad data, 16 a participant the BIDS
     validator rejected, 66 missing input, 18 filters matched nothing."""
     codes = {o.code for o in failed}
     if not failed:
         return int(ExitCode.OK)
-    for code in (ExitCode.FAILURE, ExitCode.DATA_ERROR, ExitCode.BIDS_INVALID,
+    for code in (ExitCode.FAILURE, ExitCode.CANT_CREATE, ExitCode.DATA_ERROR,
+                 ExitCode.BIDS_INVALID,
                  ExitCode.NO_INPUT, ExitCode.FILTER_EMPTY):
         if code in codes:
             return int(code)

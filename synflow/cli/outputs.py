@@ -82,3 +82,22 @@ def existing_version(output_dir: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return None
+
+
+def participant_write_problem(output_dir: Path, label: str, run_uuid: str) -> str | None:
+    """Why ``<out>/sub-<label>`` (and its ``dwi``, ``figures``, ``log/<run>`` folders) cannot
+    be written, or None.  Checked before the run, so one read-only participant folder is
+    that participant's failure -- not a scheduler stopped by Nipype's crash writer."""
+    folder = Path(output_dir) / f"sub-{label}"
+    try:
+        (folder / "log" / run_uuid).mkdir(parents=True, exist_ok=True)
+        for sub in (folder, folder / "dwi", folder / "figures", folder / "log" / run_uuid):
+            if sub.is_dir():
+                probe = sub / f".synflow-write-test-{os.getpid()}"
+                probe.write_text("")
+                probe.unlink()
+    except OSError as exc:
+        where = exc.filename or folder
+        return (f"cannot write in {where} ({exc.strerror or exc}): sub-{label} is not "
+                f"processed. Make {folder} writable (e.g. chmod -R u+w) and run again.")
+    return None

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                         " or --reference-participant (default 'sub<LABEL>')")
 
     g = parser.add_argument_group("b0 and registration settings")
-    g.add_argument("--b0-threshold", type=float, default=50.0, metavar="B",
+    g.add_argument("--b0-threshold", type=_nonneg_float, default=50.0, metavar="B",
                    help="volumes with b <= B s/mm^2 are b0s (default 50, as DIPY; some "
                         "scanners write b=5 or 10)")
     g.add_argument("--level-iters", type=_nonneg_int, nargs="+", metavar="N",
@@ -197,15 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_positionals(opts: argparse.Namespace) -> list[str]:
+    """What is missing of BIDS_DIR OUTPUT_DIR participant, in words.
+
+    The positionals are optional (for ``--demo``), so ``synflow /bids participant`` puts
+    ``participant`` in OUTPUT_DIR: that means the output directory was forgotten."""
+    given = [getattr(opts, n) for n in ("bids_dir", "output_dir")]
+    if opts.analysis_level is None and given[1] is not None and str(given[1]) == "participant":
+        return ["the output directory OUTPUT_DIR"]
+    names = {"bids_dir": "the input dataset BIDS_DIR",
+             "output_dir": "the output directory OUTPUT_DIR",
+             "analysis_level": "the analysis level 'participant'"}
+    return [names[n] for n in names if getattr(opts, n) is None]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and cross-check the command line (usage errors exit 64)."""
     parser = build_parser()
     opts = parser.parse_args(argv)
     if opts.demo is None:
-        missing = [n for n in ("bids_dir", "output_dir", "analysis_level")
-                   if getattr(opts, n) is None]
+        missing = _missing_positionals(opts)
         if missing:
-            parser.error(f"missing {', '.join(missing)} (usage: synflow BIDS_DIR OUTPUT_DIR "
+            parser.error(f"missing {' and '.join(missing)} (usage: synflow BIDS_DIR OUTPUT_DIR "
                          "participant), or use --demo OUTPUT_DIR")
     elif opts.bids_dir is not None:
         parser.error("--demo OUTPUT_DIR takes no BIDS_DIR/OUTPUT_DIR/analysis level")

@@ -100,6 +100,8 @@ class Progress:
         self.stream = stream or sys.stdout
         self.t0 = t0 if t0 is not None else time.monotonic()
         self.nodes: dict[str, NodeRecord] = {}
+        #: ``(where, error)`` when a step ran out of disk space (the run stopped), else None
+        self.disk_full: tuple[str, str] | None = None
 
     # -- Nipype callback
     def __call__(self, node, status: str) -> None:
@@ -175,7 +177,8 @@ def error_message(traceback_text: str) -> str:
     Nipype only reports a broken process pool or a bare ``Killed``.
     """
     message = _innermost_error(traceback_text)
-    if _KILLED.search(str(traceback_text)):
+    explained = message.startswith(("WorkerKilledError", "StepInterruptedError"))
+    if _KILLED.search(str(traceback_text)) and not explained:
         message = f"{message} ({OOM_HINT})"
     return message
 

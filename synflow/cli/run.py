@@ -20,6 +20,12 @@ How a run goes (fMRIPrep's design, where it fits):
    write ``sub-X.html`` (failed series included, with their error), the dataset
    description and ``.bidsignore``, print the summary table, and exit 0, or the most
    telling failure code (1 if anything crashed, else 65 bad data, else 66 missing input).
+
+Before anything is written, the run locks its output and work folders
+(:mod:`synflow.cli.lock`) and removes partial files of dead runs; MultiProc runs through
+:class:`synflow.cli.multiproc.SafeMultiProcPlugin` (a killed worker or a full disk ends
+the run instead of hanging it).  (A little over 500 lines: the steps of a run, in order,
+in one place; the checks themselves live in bids, names, outputs, lock and space.)
 """
 
 from __future__ import annotations
@@ -182,6 +188,11 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     output_dir = opts.output_dir.absolute()
     work_dir = (opts.work_dir or Path.cwd() / "work").absolute()
     check_locations(bids_dir, output_dir, work_dir)
+    if opts.bids_database_dir is not None and _inside(opts.bids_database_dir.resolve(),
+                                                      bids_dir.resolve()):
+        raise SynflowError(f"--bids-database-dir {opts.bids_database_dir} is inside the input "
+                           f"dataset {bids_dir} (the input is never written); give a folder "
+                           "outside it, or leave the option out.", ExitCode.USAGE)
 
     from synflow.cli.bids import load_filters, validate_dataset
 
@@ -192,6 +203,10 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
                   else validate_dataset(bids_dir, validated))
     reference, ref_voxels = check_reference(opts)
     filters = load_filters(opts.bids_filter_file)
+    if opts.session_label and "session" in filters:
+        raise SynflowError(f"--bids-filter-file {opts.bids_filter_file} sets 'session' and "
+                           "--session-label is given: the filter would override the session "
+                           "selection. Use one of them.", ExitCode.USAGE)
 
     from synflow.cli.plugins import PluginError, resolve_plugin
 
@@ -204,13 +219,45 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     _make_dir(work_dir, "work directory")
 
     run_uuid = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4()}"
+    from synflow.cli.lock import RunLock, clean_stale_partials
+
+    lock = RunLock(run_uuid, _command_line())
+    try:
+        lock.acquire(output_dir, "output directory")
+        if work_dir.resolve() != output_dir.resolve():
+            lock.acquire(work_dir, "work directory")
+        for path, info in lock.taken_over:
+            print(f"  took over the stale lock {path} (pid {info.get('pid')} is gone)",
+                  file=stream)
+        removed = clean_stale_partials(output_dir, work_dir / "manifests")
+        if removed:
+            print(f"  removed {len(removed)} partial file(s) left by an interrupted run",
+                  file=stream)
+        return _run_locked(opts, stream, t_start, bids_dir, output_dir, work_dir, run_uuid,
+                           validation, reference, ref_voxels, filters, plugin, plugin_args)
+    finally:
+        lock.release()
+
+
+def _run_locked(opts: Namespace, stream: TextIO, t_start: float, bids_dir: Path,
+                output_dir: Path, work_dir: Path, run_uuid: str, validation: Any,
+                reference: Reference, ref_voxels: int, filters: dict, plugin: str,
+                plugin_args: Mapping[str, Any]) -> int:
+    """The run once its folders are locked: select, build the context, execute."""
     (work_dir / run_uuid).mkdir(parents=True, exist_ok=True)
     print(f"synflow {_version()}: {bids_dir} -> {output_dir} (run {run_uuid})", file=stream)
     print(f"  validation: {validation.how}; work directory: {work_dir}", file=stream)
     sel, reference, ref_voxels = _select(opts, bids_dir, work_dir / run_uuid, reference,
                                          ref_voxels, filters, validation)
+    from synflow.cli.bids import Problem
     from synflow.cli.context import RunContext
+    from synflow.cli.outputs import participant_write_problem
 
+    for label in [k for k, v in sel.participants.items() if v]:
+        why = participant_write_problem(output_dir, label, run_uuid)
+        if why is not None:
+            sel.problems.append(Problem(label, "-", why, ExitCode.CANT_CREATE))
+            sel.participants[label] = []
     todo = {k: v for k, v in sel.participants.items() if v}
     n_series = sum(len(v) for v in todo.values())
     ctx = RunContext(opts=opts, bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
@@ -222,6 +269,11 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
           f"{n_series} series; plugin {plugin}"
           + (f" n_procs={plugin_args.get('n_procs')}" if "n_procs" in plugin_args else "")
           + f", {ctx.omp_nthreads} thread(s) per step", file=stream)
+    from synflow.cli.space import space_warning
+
+    warning = space_warning(ctx, todo) if todo else None
+    if warning:
+        print(f"  {warning}", file=stream)
     from synflow.cli.progress import SeriesOutcome
 
     outcomes = [SeriesOutcome(p.participant, p.series, "failed", error=p.message, code=p.code)
@@ -229,6 +281,12 @@ def run_participant(opts: Namespace, stream: TextIO | None = None) -> int:
     for problem in sel.problems:
         print(f"  skipping sub-{problem.participant}"
               f"{'' if problem.series == '-' else ' ' + problem.series}: {problem.message}",
+              file=stream)
+    ignored = sorted(sel.ignored, key=lambda fw: (len(fw[0]), fw[0]))
+    for fname, why in ignored[:5]:  # a symlink loop gives one per level: the first few
+        print(f"  ignored {fname}: {why}", file=stream)
+    if len(ignored) > 5:
+        print(f"  ... and {len(ignored) - 5} more file(s) ignored (not at a BIDS path)",
               file=stream)
     _prepare_outputs(ctx)
     return _execute(ctx, todo, outcomes)
@@ -305,6 +363,12 @@ def _execute(ctx: RunContext, todo: Todo, outcomes: list) -> int:
     finally:
         if not submitted:
             code = summarise(ctx, todo, progress, outcomes)
+            if progress is not None and progress.disk_full:
+                from synflow.cli.space import disk_full_message
+
+                print(f"\nsynflow: error: {disk_full_message(ctx, todo, *progress.disk_full)}",
+                      file=ctx.stream)
+                code = int(ExitCode.CANT_CREATE)
     if submitted:
         from synflow.cli.outputs import write_dataset_description
 
@@ -412,9 +476,16 @@ def _run_workflow(ctx: RunContext, todo: Todo) -> Any:
     args = dict(ctx.plugin_args)
     args["status_callback"] = progress
     progress.log(f"running {wf.name} ({ctx.plugin})")
+    runner: Any = ctx.plugin
+    if ctx.plugin == "MultiProc":  # ends on a killed worker or a full disk (no hang)
+        from synflow.cli.multiproc import SafeMultiProcPlugin
+
+        runner = SafeMultiProcPlugin(plugin_args=args,
+                                     pid_dir=str(ctx.work_dir / ctx.run_uuid / "tasks"))
+        runner.crash_fallback = str(ctx.run_crash_dir)
     try:
         with plugin_environment(ctx.plugin):
-            wf.run(plugin=ctx.plugin, plugin_args=args)
+            wf.run(plugin=runner, plugin_args=args)
     except RuntimeError as exc:
         # Nipype raises after the whole graph ran when any node failed
         # ("Workflow did not execute cleanly"); the failures are collected from the
@@ -423,6 +494,13 @@ def _run_workflow(ctx: RunContext, todo: Todo) -> Any:
             progress.log(f"Nipype stopped: {exc}")
             raise SynflowError(f"Nipype could not run the workflow: {exc}",
                                ExitCode.FAILURE) from exc
+    except OSError as exc:  # the scheduler itself could not write (crash file, report)
+        from synflow.cli.multiproc import is_disk_full
+
+        if not is_disk_full(str(exc)):
+            raise
+        progress.disk_full = (str(getattr(exc, "filename", None) or ctx.work_dir), str(exc))
+    progress.disk_full = progress.disk_full or getattr(runner, "disk_full", None)
     return progress
 
 

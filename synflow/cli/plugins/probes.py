@@ -129,21 +129,54 @@ def _probe(
         )
 
 
+def cgroup_memory_limit(proc_cgroup: str = "/proc/self/cgroup",
+                        root: str = "/sys/fs/cgroup") -> int | None:
+    """The memory limit (bytes) of this process's own cgroup, or None if unlimited/unknown.
+
+    Reads ``/proc/self/cgroup`` (v2: ``0::/path`` -> ``<root>/path/memory.max``; v1:
+    ``N:memory:/path`` -> ``<root>/memory/path/memory.limit_in_bytes``) and takes the
+    smallest limit of that cgroup and its ancestors (they all apply).  Where the path is
+    not visible (a container's cgroup namespace), the ancestors that are visible count.
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[tuple[Path, str, str]] = []  # (hierarchy root, cgroup path, file)
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            candidates.append((Path(root), parts[2], "memory.max"))
+        elif "memory" in parts[1].split(","):
+            candidates.append((Path(root) / "memory", parts[2], "memory.limit_in_bytes"))
+    limits = []
+    for base, rel, fname in candidates:
+        folder = base / rel.lstrip("/")
+        while True:  # the cgroup, then each ancestor up to the hierarchy's root
+            try:
+                raw = (folder / fname).read_text().strip()
+            except OSError:
+                raw = ""
+            if raw.isdigit():
+                limits.append(int(raw))
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+    return min(limits) if limits else None
+
+
 def default_mem_gb() -> float:
-    """90 % of the memory this process may use: the cgroup limit if set, else system RAM."""
+    """90 % of the memory this process may use: its cgroup's limit if set, else system RAM."""
     total = None
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
         total = 4.0
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            raw = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit():
-            total = min(total, int(raw) / 1024**3)
-        break
+    limit = cgroup_memory_limit()
+    if limit is not None:
+        total = min(total, limit / 1024**3)
     return round(0.9 * total, 2)
 
 
