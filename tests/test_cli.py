@@ -473,3 +473,17 @@ def test_validator_reports_of_both_validator_generations():
         assert n_warn == 1
         assert errors == [("/sub-02/dwi/x.nii.gz",
                            f"DWI_MISSING_BVAL: /sub-02/dwi/x.nii.gz: {text}")]
+
+
+def test_summary_shows_the_qc_verdict():
+    """A series whose QC numbers say the registration failed is not plain 'ok' (issue 10)."""
+    from synflow.cli.progress import SeriesOutcome, summary_table
+
+    good = SeriesOutcome("01", "sub-01_dwi", "ok", seconds=3.0,
+                         qc={"cc_before": 0.5, "cc_syn": 0.9, "QCStatus": "ok"})
+    bad = SeriesOutcome("02", "sub-02_dwi", "ok", seconds=3.0,
+                        qc={"cc_before": 0.04, "cc_syn": -0.1, "QCStatus": "warning",
+                            "QCWarnings": ["local CC after SyN is not above the affine's"]})
+    rows = summary_table([good, bad]).splitlines()
+    assert "ok (QC warning)" not in rows[2] and " ok " in rows[2] + " "
+    assert "ok (QC warning)" in rows[3]

@@ -183,15 +183,21 @@ def _exit_code(failed: Sequence[SeriesOutcome]) -> int:
 
 
 def _print_summary(ctx: RunContext, outcomes: Sequence[SeriesOutcome],
-                   reports: Sequence[Path]) -> list[SeriesOutcome]:
+                   reports: Sequence[Path], wall: float) -> list[SeriesOutcome]:
     from synflow._atomic import atomic_path
 
     stream = ctx.stream
     table = summary_table(outcomes)
-    print(f"\nSummary ({time.monotonic() - ctx.t_start:.1f} s):\n{table}", file=stream)
+    print(f"\nSummary (wall time of the whole run: {wall:.1f} s):\n{table}", file=stream)
     with atomic_path(ctx.output_dir / "logs" / f"summary_{ctx.run_uuid}.txt") as tmp:
         tmp.write_text(table + "\n")
     failed = [o for o in outcomes if o.status in ("failed", "not run")]
+    warned = [o for o in outcomes if o.status == "ok" and (o.qc or {}).get("QCStatus") == "warning"]
+    if warned:
+        print("\nQC warnings (processed, but check the report):", file=stream)
+        for o in warned:
+            for text in o.qc.get("QCWarnings") or ["QC warning"]:
+                print(f"  sub-{o.participant} {o.series}: {text}", file=stream)
     if failed:
         print("\nProblems:", file=stream)
         for o in failed:
@@ -221,11 +227,13 @@ def summarise(ctx: RunContext, todo: Todo, progress: Any,
     if ctx.opts.reference_participant:
         outcomes.insert(0, SeriesOutcome(ctx.opts.reference_participant,
                                          ctx.reference.space, "reference"))
+    # one clock reading for the terminal, the summary file and the reports
+    wall = round(time.monotonic() - ctx.t_start, 1)
     run_info = {"run": ctx.run_uuid, "command": ctx.command,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "elapsed (s)": round(time.monotonic() - ctx.t_start, 1), "plugin": ctx.plugin,
+                "elapsed (s)": wall, "plugin": ctx.plugin,
                 "threads per step": ctx.omp_nthreads, "reference": ctx.reference.describe(),
                 "work directory": str(ctx.work_dir)}
     reports = write_reports(ctx, outcomes, run_info) if ctx.opts.reports else []
     write_dataset_description(ctx.output_dir, ctx.bids_dir)
-    return _exit_code(_print_summary(ctx, outcomes, reports))
+    return _exit_code(_print_summary(ctx, outcomes, reports, wall))

@@ -25,6 +25,7 @@ STEP_NAMES: dict[str, str] = {
     "median_otsu": "brain mask",
     "apply_mask": "brain mask",
     "affine_prealign": "affine",
+    "syn_input": "masked b0 for SyN",
     "syn": "SyN",
     "b0_to_reference": "b0 to reference",
     "reportlets": "QC figures",
@@ -232,6 +233,15 @@ def fmt_num(value: Any, spec: str) -> str:
         return "-"
 
 
+def status_text(o: SeriesOutcome) -> str:
+    """The status column: ``ok (QC warning)`` when the workflow's QC verdict
+    (``QCStatus``, see ``synflow.interfaces.registration.qc_status``) says the registration
+    looks wrong although every step ran."""
+    if o.status == "ok" and o.qc and o.qc.get("QCStatus") == "warning":
+        return "ok (QC warning)"
+    return o.status
+
+
 def summary_table(outcomes: Sequence[SeriesOutcome], width: int = 60) -> str:
     """Plain-text table: participant, series, status, time, QC numbers, error."""
     head = ["participant", "series", "status", "time", "CC before>SyN", "fold %", "ICE mm",
@@ -244,7 +254,7 @@ def summary_table(outcomes: Sequence[SeriesOutcome], width: int = 60) -> str:
         if len(err) > width:
             err = err[: width - 3] + "..."
         rows.append([f"sub-{o.participant}", short_series_name(o.series, o.participant)
-                     if o.series != "-" else "-", o.status,
+                     if o.series != "-" else "-", status_text(o),
                      f"{o.seconds:.1f}s" if o.seconds is not None
                      else ("cached" if o.cached else "-"), cc,
                      fmt_num(o.qc.get("folding_percent"), ".3f") if o.qc else "-",
