@@ -61,7 +61,7 @@ def resample_linear(image: np.ndarray, shape: Sequence[int], comp: np.ndarray) -
 
 
 #: Output planes interpolated together: arrays of a few hundred kB stay in cache.
-_PLANES = 4
+_PLANES = 2
 
 
 def _trilinear_3d(img: np.ndarray, shape: tuple[int, ...], comp: np.ndarray) -> np.ndarray:
@@ -91,12 +91,24 @@ def _trilinear_3d(img: np.ndarray, shape: tuple[int, ...], comp: np.ndarray) -> 
             weights.append(x - cell)
             base = base + cell * stride
         wx, wy, wz = weights
+        vz = 1 - wz
 
-        def line(o: int) -> np.ndarray:  # interpolated along the last axis
-            return flat[base + o] * (1 - wz) + flat[base + o + 1] * wz
+        def line(o: int) -> np.ndarray:  # along the last axis; flat[o:][base] = flat[base + o]
+            lo = flat[o:].take(base)
+            hi = flat[o + 1:].take(base)
+            lo *= vz
+            hi *= wz
+            lo += hi
+            return lo
 
-        out[a:b] = ((line(0) * (1 - wy) + line(s1) * wy) * (1 - wx)
-                    + (line(s0) * (1 - wy) + line(s0 + s1) * wy) * wx)
+        y0 = line(0)
+        y0 += (line(s1) - y0) * wy
+        y1 = line(s0)
+        y1 += (line(s0 + s1) - y1) * wy
+        y1 -= y0
+        y1 *= wx
+        y1 += y0
+        out[a:b] = y1
 
     def slab(a: int, b: int) -> None:
         for lo in range(a, b, _PLANES):
