@@ -72,7 +72,7 @@ class SeriesOutcome:
     figures: list[dict[str, str]] = field(default_factory=list)
 
     def report_entry(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
-        """The record ``synflow.interfaces.reports.write_report`` takes for this series."""
+        """This series' :func:`synflow.viz.report.series_record` for its report."""
         error = None
         if self.status != "ok":
             error = self.error or "failed"
@@ -82,10 +82,12 @@ class SeriesOutcome:
                 error += f"\n\ncrash file: {self.crash_file}"
             if self.traceback:
                 error += f"\n\n{self.traceback}"
-        return {"name": self.series if self.series != "-" else "(no DWI series)",
-                "status": "ok" if self.status == "ok" else "failed", "error": error,
-                "figures": list(self.figures), "qc": self.qc, "parameters": dict(parameters),
-                "timings": self.timings}
+        from synflow.viz.report import series_record
+
+        return series_record(self.series if self.series != "-" else "(no DWI series)",
+                             status="ok" if self.status == "ok" else "failed", error=error,
+                             figures=self.figures, qc=self.qc, parameters=parameters,
+                             timings=self.timings)
 
 
 class Progress:

@@ -175,14 +175,13 @@ class RegistrationReportlets(SimpleInterface):
         paths = [str(figs[d]) for d in descs]
         timings = dict(self.inputs.timings) if isdefined(self.inputs.timings) else {}
         timings["figures"] = round(time.perf_counter() - t0, 3)
-        record = {
-            "name": self.inputs.series_name, "status": "ok", "error": None,
-            "figures": figure_entries(paths, descs),
-            "qc": dict(self.inputs.qc) if isdefined(self.inputs.qc) else {},
-            "parameters": dict(self.inputs.parameters) if isdefined(self.inputs.parameters)
-            else {},
-            "timings": timings,
-        }
+        from synflow.viz.report import series_record
+
+        record = series_record(
+            self.inputs.series_name, figures=figure_entries(paths, descs),
+            qc=self.inputs.qc if isdefined(self.inputs.qc) else None,
+            parameters=self.inputs.parameters if isdefined(self.inputs.parameters) else None,
+            timings=timings)
         out_series = cwd / "series.json"
         write_json_atomic(out_series, record)
         self._results.update(out_figures=paths, out_descs=descs, out_series=str(out_series))
@@ -193,8 +192,8 @@ def write_report(out_html: str | Path, subject: str, series: Sequence[dict[str, 
                  run_info: dict[str, Any] | None = None) -> Path:
     """Write ``sub-<subject>.html`` with :func:`synflow.viz.report.write_participant_report`.
 
-    ``series`` are records ``{"name", "status", "error", "figures", "qc", "parameters",
-    "timings"}`` (failed series have ``status="failed"`` and the error text).
+    ``series`` are :func:`synflow.viz.report.series_record` records (failed series have
+    ``status="failed"`` and the error text).
     """
     import synflow
     from synflow.viz.report import write_participant_report

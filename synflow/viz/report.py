@@ -28,7 +28,8 @@ from typing import Any
 from .._atomic import atomic_write_text
 from .flicker import flicker_labels, prefix_svg_ids
 
-__all__ = ["QC_DESCRIPTIONS", "STEP_LABELS", "step_timings", "write_participant_report"]
+__all__ = ["QC_DESCRIPTIONS", "STEP_LABELS", "series_record", "step_timings",
+           "write_participant_report"]
 
 PathLike = str | os.PathLike[str]
 
@@ -79,6 +80,23 @@ button) fades the top one in and out. If the registration is good, edges stay in
 started; the distance it misses by, in mm.</dd>
 </dl>
 """
+
+
+def series_record(name: str, *, status: str = "ok", error: str | None = None,
+                  figures: Sequence[Mapping[str, str]] = (), qc: Mapping[str, Any] | None = None,
+                  parameters: Mapping[str, Any] | None = None,
+                  timings: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The one record of a series that :func:`write_participant_report` renders.
+
+    ``status`` is ``"ok"`` or ``"failed"`` (then ``error`` says why); ``figures`` are
+    ``{"title", "path", "caption", "kind"}`` entries; ``qc`` the QC numbers; ``timings``
+    seconds per step.  Built by the QC interface (``series.json``) and by the command.
+    """
+    if status not in ("ok", "failed"):
+        raise ValueError(f"status must be 'ok' or 'failed', got {status!r}")
+    return {"name": str(name), "status": status, "error": error, "figures": list(figures),
+            "qc": dict(qc or {}), "parameters": dict(parameters or {}),
+            "timings": dict(timings or {})}
 
 
 def _read_asset(name: str) -> str:
