@@ -540,7 +540,16 @@ def test_dipy_iterations_are_recorded_too(tiny):
     ({"level_iters": "fast"}, "level_iters"),
     ({"energy_tol": -1.0}, "energy_tol"),
     ({"energy_window": 0}, "energy_window"),
+    ({"work_cap": 0.0}, "work_cap"),
 ])
 def test_bad_synflow_keywords(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         SymmetricDiffeomorphicRegistration(CCMetric(3), **kwargs)
+
+
+def test_work_cap_limits_the_iterations_of_large_levels(tiny):
+    reg = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=2), level_iters="auto",
+                                             max_iters=(20, 20), energy_tol=0.0,
+                                             work_cap=3 * 40 ** 3)
+    reg.optimize(tiny, np.roll(tiny, 1, axis=0))
+    assert reg.iterations_per_level == [20, 3]  # 20 ** 3 voxels: 24 > 20; 40 ** 3: 3

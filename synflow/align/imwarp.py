@@ -67,7 +67,8 @@ __all__ = [
 #: paying (see ``level_iters='auto'``).  Plain dicts: copy before changing them.
 RECOMMENDED: dict[str, dict] = {
     "registration": {"level_iters": "auto", "max_iters": (50, 50, 30),
-                     "energy_tol": 1e-3, "energy_window": 5, "field_variance": 0.5},
+                     "energy_tol": 1e-3, "energy_window": 5, "work_cap": 3e7,
+                     "field_variance": 0.5},
     "metric": {"sigma_diff": 3.0, "radius": 4},
 }
 
@@ -105,7 +106,9 @@ def _check_image(image, dim: int, name: str) -> np.ndarray:
     return arr
 
 
-def _check_auto(energy_tol: float, energy_window: int) -> None:
+def _check_auto(energy_tol: float, energy_window: int, work_cap: float | None) -> None:
+    if work_cap is not None and (not np.isfinite(work_cap) or work_cap <= 0):
+        raise ValueError(f"work_cap must be None or a positive number, got {work_cap!r}")
     if not np.isfinite(energy_tol) or energy_tol < 0:
         raise ValueError(f"energy_tol must be a non-negative number, got {energy_tol!r}")
     if int(energy_window) != energy_window or energy_window < 1:
@@ -145,6 +148,11 @@ class SymmetricDiffeomorphicRegistration:
         relative to the energy before them:
         ``E[k - w] - min(E[k - w + 1 .. k]) <= energy_tol * |E[k - w]|``; never before
         ``w + 1`` iterations.  Defaults ``1e-3`` and ``5``.
+    work_cap : synflow only (keyword).  With ``level_iters="auto"``, also caps each
+        level at ``max(1, work_cap // n)`` iterations, ``n`` = voxels of the level's grid
+        (None, default: no such cap).  The cost of an iteration is proportional to
+        ``n``: this keeps the finest level of a fine (e.g. 1 mm) grid short, where the
+        energy keeps improving slowly but the end-point error hardly changes.
 
     Attributes
     ----------
@@ -160,7 +168,7 @@ class SymmetricDiffeomorphicRegistration:
                  opt_tol: float = 1e-5, inv_iter: int = 20, inv_tol: float = 1e-3,
                  callback: Callable | None = None, *, field_variance: float = 0.25,
                  max_iters: Sequence[int] = (100, 100, 50), energy_tol: float = 1e-3,
-                 energy_window: int = 5):
+                 energy_window: int = 5, work_cap: float | None = None):
         if metric is None:
             raise ValueError("metric cannot be None: pass e.g. CCMetric(3)")
         if level_iters is None:
@@ -169,7 +177,8 @@ class SymmetricDiffeomorphicRegistration:
         if self.auto and level_iters != "auto":
             raise ValueError(f"level_iters must be a list of integers or 'auto', "
                              f"got {level_iters!r}")
-        _check_auto(energy_tol, energy_window)
+        _check_auto(energy_tol, energy_window, work_cap)
+        self.work_cap = None if work_cap is None else float(work_cap)
         self.energy_tol = float(energy_tol)
         self.auto_window = int(energy_window)
         self.max_iters = [int(n) for n in max_iters]
@@ -210,7 +219,8 @@ class SymmetricDiffeomorphicRegistration:
         self.__init__(self.metric, level_iters, self.step_length, self.ss_sigma_factor,
                       self.opt_tol, self.inv_iter, self.inv_tol, self.callback,
                       field_variance=self.field_variance, max_iters=self.max_iters,
-                      energy_tol=self.energy_tol, energy_window=self.auto_window)
+                      energy_tol=self.energy_tol, energy_window=self.auto_window,
+                      work_cap=self.work_cap)
         self.verbosity = verbosity
 
     def get_map(self) -> DiffeomorphicMap:
@@ -387,7 +397,12 @@ class SymmetricDiffeomorphicRegistration:
         self.energy_list = []
         self.niter = 0
         derivative = np.inf
-        n_iter = (self.max_iters if self.auto else self.level_iters)[self.levels - 1 - level]
+        if self.auto:
+            n_iter = self.max_iters[self.levels - 1 - level]
+            if self.work_cap is not None:  # iterations x voxels of this level's grid
+                n_iter = min(n_iter, max(1, int(self.work_cap // np.prod(level_data[4]))))
+        else:
+            n_iter = self.level_iters[self.levels - 1 - level]
         while self.niter < n_iter and derivative > self.opt_tol:
             self._notify(RegistrationStages.ITER_START)
             s_b, m_b, energy = self._iterate(level_data, s_b, m_b)
