@@ -60,11 +60,24 @@ METRICS = {
 }
 
 
-def _make_metric(module, metric: str, radius: int):
+def _make_metric(module, metric: str, radius: int, recommended: bool = False):
     name, kwargs = METRICS[metric]
     if name == "CCMetric":
         kwargs = dict(kwargs, radius=radius)
+        if recommended:
+            from synflow.align.imwarp import RECOMMENDED
+
+            kwargs = dict(RECOMMENDED["metric"])
     return getattr(module, name)(3, **kwargs)
+
+
+def _registration_kwargs(method: str, level_iters: list[int], extra: dict) -> dict:
+    """Constructor keywords: ``level_iters`` (+ ``extra``), or synflow's RECOMMENDED."""
+    if method == "synflow (recommended)":
+        from synflow.align.imwarp import RECOMMENDED
+
+        return dict(RECOMMENDED["registration"], **extra)
+    return dict(extra, level_iters=level_iters)
 
 
 def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
@@ -98,11 +111,14 @@ def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
         field = np.zeros(static.shape + (3,))
         elapsed = 0.0
     else:
-        sdr = SymmetricDiffeomorphicRegistration(_make_metric(metric_module, metric, radius),
-                                                 level_iters=level_iters, **extra)
+        metric_obj = _make_metric(metric_module, metric, radius,
+                                  recommended=method == "synflow (recommended)")
+        sdr = SymmetricDiffeomorphicRegistration(
+            metric_obj, **_registration_kwargs(method, level_iters, extra))
         mapping = sdr.optimize(static, moving, static_grid2world=s_aff,
                                moving_grid2world=m_aff, prealign=prealign)
         elapsed = time.perf_counter() - t0
+        level_iters = list(getattr(sdr, "iterations_per_level", None) or level_iters)
         field = np.asarray(mapping.get_forward_field(), dtype=np.float64)
     if method.startswith("greedy"):
         elapsed = time.perf_counter() - t0
@@ -126,6 +142,7 @@ def _worker(method: str, case_file: str, level_iters: list[int], radius: int,
     jac = jacobian_determinant(field.astype(np.float32), s_aff)
     queue.put({
         "method": method,
+        "iterations": level_iters,
         "seconds": elapsed,
         "peak_mb": peak,
         "epe_mean": float(err.mean()),
@@ -200,8 +217,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grids", type=float, nargs="+", default=[2.0], help="voxel sizes (mm)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--recommended", type=int, nargs="+", default=[50, 50, 10],
-                    help="synflow's recommended level_iters (coarsest first)")
     ap.add_argument("--dipy-long", action="store_true",
                     help="also run DIPY with [100, 100, 50] (slow)")
     ap.add_argument("--greedy", action="store_true", help="also run picsl-greedy if installed")
@@ -228,11 +243,13 @@ def main(argv=None) -> int:
             long = any(abs(vs - g) < 1e-6 for g in args.long_grids)
             plan = [("prealign only", [0]), ("dipy", [10, 10, 5]), ("synflow", [10, 10, 5])]
             if not args.no_recommended:
-                plan.append(("synflow (recommended)", args.recommended))
+                # synflow.align.imwarp.RECOMMENDED: level_iters="auto" (energy stop)
+                plan.append(("synflow (recommended)", [0]))
             if args.dipy_long and long:
                 plan.append(("dipy", [100, 100, 50]))
             if args.greedy:
                 plan.append(("greedy", [10, 10, 5]))
+                plan.append(("greedy", [100, 50, 10]))
                 if long:
                     plan.append(("greedy", [100, 100, 50]))
             for method, its in plan:
@@ -247,15 +264,15 @@ def main(argv=None) -> int:
                 rows.append(r)
                 print(json.dumps(r), flush=True)
 
-    lines = ["| grid | method | level_iters | runs | time (s) | time / DIPY[10,10,5] | peak MB | "
-             "EPE mean (mm) | EPE p95 (mm) | Dice GM | Dice WM | folding % |",
+    lines = ["| grid | method | iterations used | runs | time (s) | time / DIPY[10,10,5] | "
+             "peak MB | EPE mean (mm) | EPE p95 (mm) | Dice GM | Dice WM | folding % |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = next(x for x in rows if x["grid"] == r["grid"] and x["method"] == "dipy"
                    and x["level_iters"] == [10, 10, 5])
         fold = f"{r['folding_pct']:.3f}"
         lines.append(
-            f"| {r['grid']} | {r['method']} | {r['level_iters']} | {r['runs']} | "
+            f"| {r['grid']} | {r['method']} | {r['iterations']} | {r['runs']} | "
             f"{r['seconds']:.2f} | "
             f"{r['seconds'] / ref['seconds']:.2f} | {r['peak_mb']:.0f} | {r['epe_mean']:.3f} | "
             f"{r['epe_p95']:.3f} | {r['dice_gm']:.3f} | {r['dice_wm']:.3f} | {fold} |")

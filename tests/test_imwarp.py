@@ -497,3 +497,59 @@ def test_metric_mask0_reaches_the_scale_space(tiny, monkeypatch):
     assert seen == [True, True]
     sdr(levels=(1,)).optimize(tiny, tiny)
     assert seen[2:] == [False, False]
+
+
+def test_auto_level_iters_stops_and_records_iterations(case):
+    from synflow.align.imwarp import RECOMMENDED
+
+    sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, **RECOMMENDED["metric"]),
+                                             **RECOMMENDED["registration"])
+    assert sdr.level_iters == "auto"
+    mapping = sdr.optimize(case.static, case.moving, case.static_affine, case.moving_affine,
+                           case.prealign)
+    caps = sdr.max_iters
+    assert len(sdr.iterations_per_level) == len(caps)
+    assert all(1 <= n <= cap for n, cap in zip(sdr.iterations_per_level, caps, strict=True))
+    assert len(sdr.full_energy_profile) == sum(sdr.iterations_per_level)
+    err = case.endpoint_error_of_mapping(mapping, case.prealign)["mean"]
+    short = SymmetricDiffeomorphicRegistration(CCMetric(3), level_iters=[10, 10, 5]).optimize(
+        case.static, case.moving, case.static_affine, case.moving_affine, case.prealign)
+    assert err < case.endpoint_error_of_mapping(short, case.prealign)["mean"]
+    jac = jacobian_determinant(mapping.get_forward_field(), case.static_affine)
+    assert jac[case.brain_mask].min() > 0
+
+
+def test_auto_stop_rule_on_a_known_energy_profile():
+    sdr = SymmetricDiffeomorphicRegistration(CCMetric(3), level_iters="auto", energy_tol=1e-2,
+                                             energy_window=2)
+    sdr.energy_list = [-100.0, -100.5]
+    assert not sdr._auto_converged()  # fewer than window + 1 energies
+    sdr.energy_list = [-100.0, -100.5, -100.9]
+    assert sdr._auto_converged()  # 0.9 % < 1 % over the last 2 iterations
+    sdr.energy_list = [-100.0, -100.5, -101.5]
+    assert not sdr._auto_converged()
+
+
+def test_dipy_iterations_are_recorded_too(tiny):
+    reg = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=2), level_iters=[3, 2])
+    reg.optimize(tiny, np.roll(tiny, 1, axis=0))
+    assert reg.iterations_per_level == [3, 2]
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    ({"level_iters": "fast"}, "level_iters"),
+    ({"energy_tol": -1.0}, "energy_tol"),
+    ({"energy_window": 0}, "energy_window"),
+    ({"work_cap": 0.0}, "work_cap"),
+])
+def test_bad_synflow_keywords(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        SymmetricDiffeomorphicRegistration(CCMetric(3), **kwargs)
+
+
+def test_work_cap_limits_the_iterations_of_large_levels(tiny):
+    reg = SymmetricDiffeomorphicRegistration(CCMetric(3, radius=2), level_iters="auto",
+                                             max_iters=(20, 20), energy_tol=0.0,
+                                             work_cap=3 * 40 ** 3)
+    reg.optimize(tiny, np.roll(tiny, 1, axis=0))
+    assert reg.iterations_per_level == [20, 3]  # 20 ** 3 voxels: 24 > 20; 40 ** 3: 3

@@ -48,6 +48,7 @@ from synflow.align.scalespace import ScaleSpace
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RECOMMENDED",
     "DiffeomorphicMap",
     "RegistrationStages",
     "SymmetricDiffeomorphicRegistration",
@@ -55,6 +56,21 @@ __all__ = [
     "get_direction_and_spacings",
     "mult_aff",
 ]
+
+
+#: synflow's recommended SyN settings, the one place that defines them:
+#: ``SymmetricDiffeomorphicRegistration(CCMetric(3, **RECOMMENDED["metric"]),
+#: **RECOMMENDED["registration"])``.  Measured on the bench_syn phantoms (2 mm): a
+#: smoother step (``sigma_diff`` 4 voxels instead of DIPY's 2) and a smoother total field
+#: (``field_variance`` 0.5 voxels^2) let DIPY's fixed 0.25-voxel step move the bulk of
+#: the brain further per iteration, and the energy stop ends each level when it stops
+#: paying (see ``level_iters='auto'``).  Plain dicts: copy before changing them.
+RECOMMENDED: dict[str, dict] = {
+    "registration": {"level_iters": "auto", "max_iters": (50, 50, 30),
+                     "energy_tol": 2e-3, "energy_window": 5, "work_cap": 8e6,
+                     "field_variance": 0.5},
+    "metric": {"sigma_diff": 4.0, "radius": 4},
+}
 
 
 class RegistrationStages(enum.Enum):
@@ -90,6 +106,15 @@ def _check_image(image, dim: int, name: str) -> np.ndarray:
     return arr
 
 
+def _check_auto(energy_tol: float, energy_window: int, work_cap: float | None) -> None:
+    if work_cap is not None and (not np.isfinite(work_cap) or work_cap <= 0):
+        raise ValueError(f"work_cap must be None or a positive number, got {work_cap!r}")
+    if not np.isfinite(energy_tol) or energy_tol < 0:
+        raise ValueError(f"energy_tol must be a non-negative number, got {energy_tol!r}")
+    if int(energy_window) != energy_window or energy_window < 1:
+        raise ValueError(f"energy_window must be a positive integer, got {energy_window!r}")
+
+
 # --------------------------------------------------------------------------- optimiser
 class SymmetricDiffeomorphicRegistration:
     """Symmetric Normalization (Avants et al. 2008), DIPY's constructor and ``optimize``.
@@ -98,7 +123,10 @@ class SymmetricDiffeomorphicRegistration:
     ----------
     metric : a :class:`synflow.align.metrics.CCMetric` or ``SSDMetric``.
     level_iters : iterations per pyramid level, **coarsest first** (default
-        ``[100, 100, 25]``).  ``len(level_iters)`` is the number of levels.
+        ``[100, 100, 25]``).  ``len(level_iters)`` is the number of levels.  synflow only:
+        ``"auto"`` leaves the count to synflow: ``len(max_iters)`` levels, each stopped by
+        the energy rule below (or at its cap ``max_iters``); DIPY's ``opt_tol`` rule is
+        then not used.  The iterations used are in :attr:`iterations_per_level`.
     step_length : largest displacement of one update, in voxels of the current level.
     ss_sigma_factor : scale-space smoothing factor.
     opt_tol : a level stops early when the fitted derivative of the last 12 energies
@@ -111,18 +139,50 @@ class SymmetricDiffeomorphicRegistration:
         regularisation implicitly, from the numerical diffusion of the four trilinear
         resamplings per iteration its inversions make; synflow's update makes none, so it
         adds it explicitly.  0.25 (default) gave the lowest end-point error on the
-        benchmark phantoms; 0 disables it.
+        benchmark phantoms with DIPY's other defaults; 0 disables it.
+    max_iters : synflow only (keyword).  Per-level caps of ``level_iters="auto"``,
+        coarsest first (default ``(100, 100, 50)``).
+    energy_tol, energy_window : synflow only (keyword).  ``level_iters="auto"`` ends a
+        level after iteration ``k`` when the last ``w = energy_window`` iterations lowered
+        the energy ``E`` (DIPY's, ``-sum`` of the local CC) by less than ``energy_tol``
+        relative to the energy before them:
+        ``E[k - w] - min(E[k - w + 1 .. k]) <= energy_tol * |E[k - w]|``; never before
+        ``w + 1`` iterations.  Defaults ``1e-3`` and ``5``.
+    work_cap : synflow only (keyword).  With ``level_iters="auto"``, also caps each
+        level at ``max(1, work_cap // n)`` iterations, ``n`` = voxels of the level's grid
+        (None, default: no such cap).  The cost of an iteration is proportional to
+        ``n``: this keeps the finest level of a fine (e.g. 1 mm) grid short, where the
+        energy keeps improving slowly but the end-point error hardly changes.
+
+    Attributes
+    ----------
+    iterations_per_level : list of int
+        Iterations run at each level by the last :meth:`optimize`, coarsest first (for
+        any ``level_iters``).
+
+    synflow's recommended settings are :data:`RECOMMENDED`.
     """
 
-    def __init__(self, metric=None, level_iters: Sequence[int] | None = None,
+    def __init__(self, metric=None, level_iters: Sequence[int] | str | None = None,
                  step_length: float = 0.25, ss_sigma_factor: float = 0.2,
                  opt_tol: float = 1e-5, inv_iter: int = 20, inv_tol: float = 1e-3,
-                 callback: Callable | None = None, *, field_variance: float = 0.25):
+                 callback: Callable | None = None, *, field_variance: float = 0.25,
+                 max_iters: Sequence[int] = (100, 100, 50), energy_tol: float = 1e-3,
+                 energy_window: int = 5, work_cap: float | None = None):
         if metric is None:
             raise ValueError("metric cannot be None: pass e.g. CCMetric(3)")
         if level_iters is None:
             level_iters = [100, 100, 25]
-        level_iters = list(level_iters)
+        self.auto = isinstance(level_iters, str)
+        if self.auto and level_iters != "auto":
+            raise ValueError(f"level_iters must be a list of integers or 'auto', "
+                             f"got {level_iters!r}")
+        _check_auto(energy_tol, energy_window, work_cap)
+        self.work_cap = None if work_cap is None else float(work_cap)
+        self.energy_tol = float(energy_tol)
+        self.auto_window = int(energy_window)
+        self.max_iters = [int(n) for n in max_iters]
+        level_iters = list(self.max_iters if self.auto else level_iters)
         if len(level_iters) == 0:
             raise ValueError("level_iters must contain at least one level (got an empty list)")
         if any(int(n) != n or n < 0 for n in level_iters):
@@ -134,8 +194,9 @@ class SymmetricDiffeomorphicRegistration:
         self.field_variance = float(field_variance)
         self.metric = metric
         self.dim = metric.dim
-        self.level_iters = [int(n) for n in level_iters]
-        self.levels = len(self.level_iters)
+        self.level_iters: list[int] | str = "auto" if self.auto else [int(n) for n in level_iters]
+        self.iterations_per_level: list[int] = []
+        self.levels = len(level_iters)
         self.step_length = float(step_length)
         self.ss_sigma_factor = float(ss_sigma_factor)
         self.opt_tol = float(opt_tol)
@@ -157,7 +218,9 @@ class SymmetricDiffeomorphicRegistration:
         verbosity = self.verbosity
         self.__init__(self.metric, level_iters, self.step_length, self.ss_sigma_factor,
                       self.opt_tol, self.inv_iter, self.inv_tol, self.callback,
-                      field_variance=self.field_variance)
+                      field_variance=self.field_variance, max_iters=self.max_iters,
+                      energy_tol=self.energy_tol, energy_window=self.auto_window,
+                      work_cap=self.work_cap)
         self.verbosity = verbosity
 
     def get_map(self) -> DiffeomorphicMap:
@@ -220,8 +283,16 @@ class SymmetricDiffeomorphicRegistration:
             self.callback(self, stage)
 
     def _update(self, pull, factors, image, ginv, forward: bool) -> np.ndarray:
+        """``pull <- smooth(pull o (id - t * step / max|step|))`` (voxels), DIPY's step."""
         step = self.metric.step(factors, image, ginv, forward)
-        return _apply_step(pull, step, self.step_length, self.field_variance)
+        # DIPY zeroes the outermost layer of the step, then scales its largest norm to
+        # step_length voxels.
+        zero_border(step, 1)
+        nrm = vf.field_norm_max(step)
+        if nrm <= 0:
+            return pull
+        step *= np.float32(-self.step_length / nrm)
+        return vf.compose_small(step, pull, diffusion=self.field_variance)
 
     def _get_energy_derivative(self) -> float:
         """DIPY's convergence rule: derivative at the centre of a quadratic fit.
@@ -239,6 +310,21 @@ class SymmetricDiffeomorphicRegistration:
         x = np.arange(self.energy_window, dtype=np.float64)
         a, b, _ = np.polyfit(x, y, 2)
         return float(2.0 * a * (self.energy_window // 2) + b)
+
+    def _auto_converged(self) -> bool:
+        """``level_iters='auto'``'s per-level stop on the energy ``E`` (lower is better).
+
+        True when the last ``w = energy_window`` iterations improved on the energy of the
+        one before them by less than ``energy_tol`` relative:
+        ``(E[k - w] - min(E[k - w + 1 .. k])) <= energy_tol * |E[k - w]|``.
+        Never before ``w + 1`` energies of the level are known.
+        """
+        w = self.auto_window
+        e = self.energy_list
+        if len(e) < w + 1:
+            return False
+        old = e[-w - 1]
+        return (old - min(e[-w:])) <= self.energy_tol * abs(old)
 
     def optimize(self, static, moving, static_grid2world=None, moving_grid2world=None,
                  prealign=None) -> DiffeomorphicMap:
@@ -268,6 +354,7 @@ class SymmetricDiffeomorphicRegistration:
         self._notify(RegistrationStages.INIT_END)
 
         self.full_energy_profile = []
+        self.iterations_per_level = []
         self._notify(RegistrationStages.OPT_START)
         s_b, m_b = self._optimize_levels(ss_static, ss_moving, S2W, M2W, P)
         mapping = self._finish(s_b, m_b, static.shape, moving.shape, S2W, M2W, P)
@@ -310,15 +397,23 @@ class SymmetricDiffeomorphicRegistration:
         self.energy_list = []
         self.niter = 0
         derivative = np.inf
-        n_iter = self.level_iters[self.levels - 1 - level]
+        if self.auto:
+            n_iter = self.max_iters[self.levels - 1 - level]
+            if self.work_cap is not None:  # iterations x voxels of this level's grid
+                n_iter = min(n_iter, max(1, int(self.work_cap // np.prod(level_data[4]))))
+        else:
+            n_iter = self.level_iters[self.levels - 1 - level]
         while self.niter < n_iter and derivative > self.opt_tol:
             self._notify(RegistrationStages.ITER_START)
             s_b, m_b, energy = self._iterate(level_data, s_b, m_b)
-            if len(self.energy_list) >= self.energy_window:
+            if not self.auto and len(self.energy_list) >= self.energy_window:
                 derivative = self._get_energy_derivative()
             self.energy_list.append(2.0 * energy)
+            if self.auto and self._auto_converged():
+                derivative = -np.inf
             self.niter += 1
             self._notify(RegistrationStages.ITER_END)
+        self.iterations_per_level.append(self.niter)
         self.full_energy_profile.extend(self.energy_list)
         self._notify(RegistrationStages.SCALE_END)
         return s_b, m_b
@@ -368,17 +463,6 @@ def _pull_image(padded: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...],
                 pull: np.ndarray) -> np.ndarray:
     """Image (zero-padded) sampled at ``matrix @ (x + pull(x))`` for the voxels of ``shape``."""
     return vf.sample_padded(padded, vf.affine_points(matrix, shape, pull))
-
-
-def _apply_step(pull: np.ndarray, step: np.ndarray, t: float, variance: float) -> np.ndarray:
-    """``pull <- smooth(pull o (id - t * step / max|step|))`` (voxels), DIPY's normalised step."""
-    # DIPY zeroes the outermost layer of the step, then scales its largest norm to 1 voxel.
-    zero_border(step, 1)
-    nrm = vf.field_norm_max(step)
-    if nrm <= 0:
-        return pull
-    step *= np.float32(-t / nrm)
-    return vf.compose_small(step, pull, diffusion=variance)
 
 
 def _resample_field(field: np.ndarray, old_g2w: np.ndarray, new_g2w: np.ndarray,
