@@ -195,7 +195,9 @@ def test_worker_killed_then_run_killed_then_resumed(tmp_path, ref):
     bids = make_small_bids(tmp_path / "bids", subjects=("01", "02"))
     before = tree_hash(bids)
     out = tmp_path / "out"
-    args = [bids, out, "participant", "-w", tmp_path / "work", *fast_args(ref)]
+    # SyN long enough (several seconds) that the kill lands while it runs
+    slow_syn = ["--level-iters", "60", "60", "30", "--opt-tol", "1e-12"]
+    args = [bids, out, "participant", "-w", tmp_path / "work", *fast_args(ref), *slow_syn]
     proc = cli_process(args)
     lines: list[str] = []
     _wait_for(proc, "SyN ...", lines, timeout=120)
@@ -211,6 +213,9 @@ def test_worker_killed_then_run_killed_then_resumed(tmp_path, ref):
     assert "WorkerKilledError" in text and "out-of-memory" in text and "--mem" in text, text
     assert_no_children(proc.pid)
 
+    # fresh folders: what the first run finished would be reused and SyN never start
+    out = tmp_path / "out2"
+    args = [bids, out, "participant", "-w", tmp_path / "work2", *fast_args(ref), *slow_syn]
     proc = cli_process(args)
     _wait_for(proc, "SyN ...", [], timeout=120)
     kids = descendants(proc.pid)
